@@ -1,0 +1,1 @@
+"""openr-gym package."""

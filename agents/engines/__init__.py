@@ -1,0 +1,1 @@
+"""LLM engines: one batched interface over transformers, vLLM and OpenAI-compatible servers."""

@@ -1,0 +1,83 @@
+"""The batched engine interface every agent, PRM and judge talks to.
+
+Why one interface: search agents, RL trainers and LLM judges all need the same three things from a language
+model (sample steps, score continuations, build step-level prompts), and the backend (in-process transformers,
+vLLM, an HTTP server) should be a constructor argument, not a code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = ["Completion", "Engine", "GenerationStats", "Prompt", "StepPrompter"]
+
+FinishReason = Literal["stop", "length", "eos"]
+
+# A prompt is either plain text (sent as is) or a list of chat messages ({"role": ..., "content": ...}).
+Prompt = str | list[dict[str, str]]
+
+
+@dataclass
+class Completion:
+    """One sampled continuation.
+
+    ``text`` excludes the stop string that ended it; ``token_ids`` are the generated ids (stop string excluded
+    where the backend can tell); ``logprobs`` holds one log-probability per entry of ``token_ids`` under the
+    sampling distribution's model (before temperature); ``finish_reason`` is ``"stop"`` (a stop string matched),
+    ``"eos"`` (end-of-sequence token) or ``"length"`` (hit ``max_new_tokens``).
+    """
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: FinishReason = "length"
+    prompt_tokens: int = 0
+    """Prompt tokens this completion's request actually had to process (after any prefix/KV reuse)."""
+
+
+@dataclass
+class GenerationStats:
+    """Running counters an engine keeps so agents can report compute per problem."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens}
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Batched generation and scoring over one model."""
+
+    stats: GenerationStats
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        n: int = 1,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """Return, per prompt, ``n`` completions (``temperature == 0`` is greedy)."""
+        ...
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[list[float]]:
+        """Per-token log-probs of each continuation given its prompt (computed in chunks, never full-vocab for all)."""
+        ...
+
+
+class StepPrompter(Protocol):
+    """Builds the model input for 'problem + steps so far -> next step'."""
+
+    def step_prompt(self, problem: str, steps: Sequence[str]) -> str: ...
