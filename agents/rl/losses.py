@@ -1,0 +1,153 @@
+"""The RL losses and advantage estimators, one small function each (CleanRL style: named terms, paper + equation).
+
+Tensors are token-level and right-padded: shape ``(batch, T)`` with a ``mask`` of the same shape that is 1 on the
+response tokens of each row (a prefix of the row) and 0 on padding. Everything here is pure torch and has
+known-answer tests in ``tests/test_rl_losses.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "gae_advantages",
+    "group_normalized_advantages",
+    "k3_kl",
+    "masked_mean",
+    "masked_whiten",
+    "process_group_advantages",
+    "step_rewards_to_tokens",
+]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is 1 (0 when the mask is empty instead of NaN)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise to zero mean, unit variance over the masked entries (PPO's advantage normalisation)."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    return (values - mean) * torch.rsqrt(var + eps) * mask.to(values.dtype)
+
+
+def group_normalized_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO outcome supervision (Shao et al. 2024, DeepSeekMath, section 4.1.2): A_i = (r_i - mean(r)) / std(r).
+
+    ``rewards`` has shape ``(num_groups * group_size,)`` with each group's samples contiguous. The std is the
+    population std of the group; a group whose rewards are all equal gets advantage 0 (no signal, no NaN).
+    Every token of sample i receives A_i.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True, unbiased=False)
+    return ((grouped - mean) / (std + eps)).view(-1)
+
+
+def process_group_advantages(
+    step_rewards: list[list[float]], group_size: int, eps: float = 1e-6
+) -> list[list[float]]:
+    """GRPO process supervision (DeepSeekMath, section 4.1.3): normalise every step reward by the mean and std of
+    all step rewards in the group, then A at step j = sum of the normalised rewards of steps j, j+1, ... .
+
+    Returns, per sample, one advantage per step (assign it to every token of that step).
+    """
+    if len(step_rewards) % group_size:
+        raise ValueError(f"{len(step_rewards)} samples do not split into groups of {group_size}")
+    advantages: list[list[float]] = []
+    for start in range(0, len(step_rewards), group_size):
+        group = step_rewards[start : start + group_size]
+        flat = torch.tensor([r for sample in group for r in sample], dtype=torch.float64)
+        mean = flat.mean() if flat.numel() else torch.tensor(0.0)
+        std = flat.std(unbiased=False) if flat.numel() else torch.tensor(0.0)
+        for sample in group:
+            normalised = [(r - float(mean)) / (float(std) + eps) for r in sample]
+            suffix_sums, running = [], 0.0
+            for value in reversed(normalised):
+                running += value
+                suffix_sums.append(running)
+            advantages.append(suffix_sums[::-1])
+    return advantages
+
+
+def step_rewards_to_tokens(step_end_positions: list[list[int]], step_rewards: list[list[float]], length: int) -> torch.Tensor:
+    """Place each step's reward on the last token of that step (PPO with step-level / PRM rewards).
+
+    ``step_end_positions[b][j]`` is the index (within the response) of the last token of step j of sample b.
+    """
+    rewards = torch.zeros(len(step_rewards), length)
+    for row, (positions, values) in enumerate(zip(step_end_positions, step_rewards, strict=True)):
+        for position, value in zip(positions, values, strict=True):
+            rewards[row, min(position, length - 1)] += value
+    return rewards
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16), over tokens.
+
+    A_t = sum_l (gamma * lam)^l * delta_{t+l},  delta_t = r_t + gamma * V(s_{t+1}) - V(s_t).
+    The episode ends after the last masked token of each row (V after it is 0). Returns (advantages, returns)
+    with returns = advantages + values (the value target), both zero on padding.
+    """
+    batch, length = rewards.shape
+    mask = mask.to(rewards.dtype)
+    advantages = torch.zeros_like(rewards)
+    running_gae = torch.zeros(batch, dtype=rewards.dtype)
+    for t in reversed(range(length)):
+        next_mask = mask[:, t + 1] if t + 1 < length else torch.zeros(batch, dtype=rewards.dtype)
+        next_value = values[:, t + 1] * next_mask if t + 1 < length else torch.zeros(batch, dtype=rewards.dtype)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running_gae = delta + gamma * lam * next_mask * running_gae
+        advantages[:, t] = running_gae * mask[:, t]
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi_theta || pi_ref) estimate 'k3' (Schulman, 'Approximating KL Divergence', 2020;
+    DeepSeekMath eq. 4): ratio - log(ratio) - 1 with ratio = pi_ref / pi_theta. Unbiased and always >= 0."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), per token, negated to be a loss.
+
+    L = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(logp - logp_old).
+    Returns (per-token loss, per-token 0/1 'was clipped' indicator for the clip-fraction statistic).
+    GRPO (DeepSeekMath eq. 3) uses the same term with group-normalised advantages.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped_objective = ratio * advantages
+    clipped_objective = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
+    loss = -torch.minimum(unclipped_objective, clipped_objective)
+    was_clipped = (clipped_objective < unclipped_objective).to(logprobs.dtype)
+    return loss, was_clipped
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_range: float | None
+) -> torch.Tensor:
+    """Value loss, clipped around the rollout's values as in the PPO reference implementation (baselines ppo2,
+    CleanRL ``ppo.py``): 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2), per token."""
+    unclipped = (values - returns) ** 2
+    if clip_range is None:
+        return 0.5 * unclipped
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    clipped = (clipped_values - returns) ** 2
+    return 0.5 * torch.maximum(unclipped, clipped)
