@@ -1,0 +1,38 @@
+"""Shared pytest fixtures: the real data folder (skip cleanly when it is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from reasoning_gym.data import shared_data_dir
+
+# No hub at test time: every model and dataset comes from disk.
+for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_flag, "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("shared data folder not found (set $OPENR_GYM_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def math500_path(data_dir: Path) -> Path:
+    path = data_dir / "math" / "test500.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_path(data_dir: Path) -> Path:
+    path = data_dir / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
