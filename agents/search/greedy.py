@@ -1,0 +1,28 @@
+"""Greedy chain-of-thought: one temperature-0 step per wave until the episode ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agents.search.common import SearchAgent, SearchConfig
+from agents.search.expansion import Expander
+from agents.search.tree import Node
+
+__all__ = ["Greedy", "GreedyConfig"]
+
+
+@dataclass
+class GreedyConfig(SearchConfig):
+    """Greedy decoding step by step (``temperature`` is ignored: always 0)."""
+
+
+class Greedy(SearchAgent):
+    """The baseline: the policy's most likely step at every step, batched across problems."""
+
+    config_class = GreedyConfig
+
+    def _search(self, expander: Expander, roots: list[Node]) -> list[tuple[Node, list[Node]]]:
+        leaves = expander.complete(roots, temperature=0.0)
+        if self.prm is not None:  # scores only for the report; greedy never uses them
+            self.value.evaluate(leaves, expander.ledgers)
+        return [(leaf, [leaf]) for leaf in leaves]
