@@ -18,6 +18,9 @@ _LAZY: dict[str, str] = {
     "BestOfN": "agents.search.best_of_n:BestOfN",
     "BeamSearch": "agents.search.beam_search:BeamSearch",
     "MCTS": "agents.search.mcts:MCTS",
+    "GRPO": "agents.rl.grpo:GRPO",
+    "PPO": "agents.rl.ppo:PPO",
+    "SFT": "agents.rl.sft:SFT",
 }
 
 __all__ = sorted(_LAZY)
