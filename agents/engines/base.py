@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["Completion", "Engine", "GenerationStats", "Prompt", "StepPrompter"]
+__all__ = ["Completion", "Engine", "FinishReason", "GenerationStats", "Prompt", "StepPrompter"]
 
 FinishReason = Literal["stop", "length", "eos"]
 
@@ -35,6 +35,8 @@ class Completion:
     finish_reason: FinishReason = "length"
     prompt_tokens: int = 0
     """Prompt tokens this completion's request actually had to process (after any prefix/KV reuse)."""
+    stop_reason: str | None = None
+    """The stop string that ended the completion (``finish_reason == "stop"``), else None."""
 
 
 @dataclass
@@ -46,7 +48,19 @@ class GenerationStats:
     generated_tokens: int = 0
 
     def snapshot(self) -> dict[str, int]:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens}
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+        }
+
+    def record(self, completions: Sequence[Sequence[Completion]]) -> None:
+        """Count one ``generate`` call; a prompt's tokens count once however many samples it has."""
+        self.calls += 1
+        for group in completions:
+            if group:
+                self.prompt_tokens += group[0].prompt_tokens
+            self.generated_tokens += sum(len(c.token_ids) for c in group)
 
 
 @runtime_checkable
@@ -54,6 +68,7 @@ class Engine(Protocol):
     """Batched generation and scoring over one model."""
 
     stats: GenerationStats
+    step_delimiter: str
 
     @property
     def tokenizer(self) -> Any: ...
@@ -76,8 +91,12 @@ class Engine(Protocol):
         """Per-token log-probs of each continuation given its prompt (computed in chunks, never full-vocab for all)."""
         ...
 
+    def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> Prompt:
+        """The prompt whose continuation is the next reasoning step (see ``agents.engines.prompting``)."""
+        ...
+
 
 class StepPrompter(Protocol):
     """Builds the model input for 'problem + steps so far -> next step'."""
 
-    def step_prompt(self, problem: str, steps: Sequence[str]) -> str: ...
+    def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> Prompt: ...

@@ -1,0 +1,108 @@
+"""Prompt rendering shared by every backend, so the same prompt gives the same token ids everywhere.
+
+Why here and not in each engine: agents hand engines either plain text or chat messages, and a step-level agent
+needs "problem + steps so far" rendered so that the model continues the *open* assistant turn with the next
+step. Doing this once keeps HF, vLLM and the HTTP backends token-for-token identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Prompt
+
+__all__ = [
+    "DEFAULT_STEP_DELIMITER",
+    "encode_prompt",
+    "has_chat_template",
+    "plain_step_prompt",
+    "render_prompt",
+    "step_messages",
+    "step_prompt",
+]
+
+DEFAULT_STEP_DELIMITER = "\n\n"
+# Stands in for the open assistant turn while the chat template renders, so templates that trim message content
+# cannot eat the trailing step delimiter.
+_SENTINEL = "\u2063OPENRGYM_OPEN_TURN\u2063"
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _check_messages(messages: Sequence[dict[str, str]]) -> None:
+    if not messages:
+        raise ValueError("a chat prompt needs at least one message")
+    for message in messages:
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"chat messages need 'role' and 'content' keys, got {message!r}")
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
+    """Text the model reads: plain strings pass through; chat messages go through the chat template.
+
+    A conversation ending in an assistant message is continued (the turn is left open, its content kept byte
+    for byte); otherwise the generation prompt for a new assistant turn is appended.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    messages = list(prompt)
+    _check_messages(messages)
+    if not has_chat_template(tokenizer):
+        raise ValueError(
+            "chat messages need a tokenizer with a chat template; pass plain text for base models"
+        )
+    if messages[-1]["role"] != "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    open_content = messages[-1]["content"]
+    messages[-1] = {**messages[-1], "content": _SENTINEL}
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    cut = rendered.rfind(_SENTINEL)
+    if cut < 0:
+        raise ValueError("the chat template dropped the final assistant message; cannot continue it")
+    return rendered[:cut] + open_content
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt; adds the BOS token only when the text does not already start with it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def step_messages(
+    question: str, steps: Sequence[str], instruction: str = "", delimiter: str = DEFAULT_STEP_DELIMITER
+) -> list[dict[str, str]]:
+    """Chat messages for 'next step': the user turn holds instruction + problem, the assistant turn the steps."""
+    user = delimiter.join(part for part in (instruction.strip(), question.strip()) if part)
+    messages = [{"role": "user", "content": user}]
+    if steps:
+        messages.append({"role": "assistant", "content": delimiter.join(steps) + delimiter})
+    return messages
+
+
+def plain_step_prompt(
+    question: str, steps: Sequence[str], instruction: str = "", delimiter: str = DEFAULT_STEP_DELIMITER
+) -> str:
+    """Base-model prompt: the env observation format (``reasoning_gym``) followed by the delimiter."""
+    head = (
+        f"{instruction}{delimiter}Problem: {question}{delimiter}Solution:"
+        if instruction
+        else (f"Problem: {question}{delimiter}Solution:")
+    )
+    return head + "".join(delimiter + step for step in steps) + delimiter
+
+
+def step_prompt(
+    tokenizer: Any,
+    question: str,
+    steps: Sequence[str],
+    instruction: str = "",
+    delimiter: str = DEFAULT_STEP_DELIMITER,
+) -> str:
+    """The rendered prompt whose continuation is the next step (chat template when the tokenizer has one)."""
+    if has_chat_template(tokenizer):
+        return render_prompt(tokenizer, step_messages(question, steps, instruction, delimiter))
+    return plain_step_prompt(question, steps, instruction, delimiter)
