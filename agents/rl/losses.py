@@ -78,7 +78,9 @@ def process_group_advantages(
     return advantages
 
 
-def step_rewards_to_tokens(step_end_positions: list[list[int]], step_rewards: list[list[float]], length: int) -> torch.Tensor:
+def step_rewards_to_tokens(
+    step_end_positions: list[list[int]], step_rewards: list[list[float]], length: int
+) -> torch.Tensor:
     """Place each step's reward on the last token of that step (PPO with step-level / PRM rewards).
 
     ``step_end_positions[b][j]`` is the index (within the response) of the last token of step j of sample b.
@@ -105,7 +107,9 @@ def gae_advantages(
     running_gae = torch.zeros(batch, dtype=rewards.dtype)
     for t in reversed(range(length)):
         next_mask = mask[:, t + 1] if t + 1 < length else torch.zeros(batch, dtype=rewards.dtype)
-        next_value = values[:, t + 1] * next_mask if t + 1 < length else torch.zeros(batch, dtype=rewards.dtype)
+        next_value = (
+            values[:, t + 1] * next_mask if t + 1 < length else torch.zeros(batch, dtype=rewards.dtype)
+        )
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         running_gae = delta + gamma * lam * next_mask * running_gae
         advantages[:, t] = running_gae * mask[:, t]

@@ -1,0 +1,125 @@
+"""The parts GRPO and PPO share: the KL reference policy, tokenising a batch of episodes and no-grad passes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from agents.rl.forward import PolicyOutput, policy_forward
+from agents.rl.rollout import Episode, TokenBatch, episode_to_tokens, make_token_batch
+from agents.rl.trainer import TrainableAgent, TrainConfig
+
+__all__ = ["OnPolicyAgent", "OnPolicyConfig"]
+
+
+@dataclass
+class OnPolicyConfig(TrainConfig):
+    """Fields GRPO and PPO share."""
+
+    prompts_per_update: int = 8
+    """Problems per policy update."""
+    group_size: int = 4
+    """Samples per problem (GRPO's G)."""
+    epochs: int = 1
+    """Passes over each batch of episodes (DeepSeekMath's mu; >1 makes the clipping matter)."""
+    minibatches: int = 1
+    """Optimizer steps per pass (the batch is split into this many shuffled minibatches)."""
+    clip_range: float = 0.2
+    """PPO/GRPO ratio clip epsilon."""
+    kl_coef: float = 0.0
+    """Weight of the KL to the frozen reference policy (0: no reference model is kept)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts; log-probs use the same temperature so the ratio is on-policy."""
+    max_new_tokens: int = 96
+    """Token limit per step (per solution in ``rollout_mode="episode"``)."""
+
+
+class OnPolicyAgent(TrainableAgent):
+    """Collect episodes with the current policy, turn them into token batches, update; repeat."""
+
+    config_class = OnPolicyConfig
+    config: OnPolicyConfig
+
+    def _build_extra_modules(self) -> None:
+        self.reference = None
+        if self.config.kl_coef > 0 and self.config.lora_r == 0:
+            self.reference = copy.deepcopy(self.model).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+
+    # --- batches ------------------------------------------------------------------------------------------------
+
+    def tokenize(self, episodes: Sequence[Episode]) -> tuple[TokenBatch, list[list[int]]]:
+        """The token batch and, per episode, the response index of each step's last token."""
+        items = [
+            episode_to_tokens(
+                self.tokenizer,
+                self.engine,
+                e.question,
+                e.instruction,
+                e.steps,
+                e.last_finish,
+                delimiter=getattr(self.engine, "step_delimiter", "\n\n"),
+                max_response_tokens=self.config.max_response_tokens,
+            )
+            for e in episodes
+        ]
+        return make_token_batch(items, self.pad_token_id), [it.step_ends for it in items]
+
+    @torch.no_grad()
+    def no_grad_forward(self, batch: TokenBatch, *, reference: bool = False, value_head=None) -> PolicyOutput:
+        """Log-probs (and values) of the whole batch without gradients, micro-batch by micro-batch."""
+        pieces: list[PolicyOutput] = []
+        width = batch.response_mask.shape[1]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for rows in self.micro_batches(len(batch)):
+                sub = batch.select(rows)
+                with self.autocast():
+                    if reference:
+                        pieces.append(self._reference_forward(sub))
+                    else:
+                        pieces.append(
+                            policy_forward(
+                                self.model,
+                                sub,
+                                chunk_size=self.config.chunk_size,
+                                temperature=self.config.temperature,
+                                value_head=value_head,
+                            )
+                        )
+        finally:
+            self.model.train(was_training)
+
+        def stack(name: str) -> torch.Tensor | None:
+            tensors = [getattr(p, name) for p in pieces]
+            if tensors[0] is None:
+                return None
+            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
+
+        return PolicyOutput(logprobs=stack("logprobs"), values=stack("values"))
+
+    def _reference_forward(self, batch: TokenBatch) -> PolicyOutput:
+        kwargs = {"chunk_size": self.config.chunk_size, "temperature": self.config.temperature}
+        if self.reference is not None:
+            return policy_forward(self.reference, batch, **kwargs)
+        with self.model.disable_adapter():  # LoRA: the base model is the reference
+            return policy_forward(self.model, batch, **kwargs)
+
+    def minibatch_rows(self, size: int) -> list[list[int]]:
+        """Shuffled row indices split into ``minibatches`` parts (torch RNG: seeded and checkpointed)."""
+        order = torch.randperm(size).tolist() if self.config.minibatches > 1 else list(range(size))
+        parts = max(1, min(self.config.minibatches, size))
+        return [order[i::parts] for i in range(parts)]
+
+    def learn(self, total_steps: int, callback=None, reset_num_timesteps: bool = False) -> OnPolicyAgent:
+        """Run ``total_steps`` policy updates (each: collect, then optimise); callbacks may stop early."""
+        self.model.train()
+        return self._learn_loop(total_steps, callback, self.update, reset_num_timesteps)
+
+    def update(self) -> tuple[dict[str, float], int]:
+        raise NotImplementedError
