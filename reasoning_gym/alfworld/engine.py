@@ -13,6 +13,7 @@ problem: :func:`translate` restores ``sys.argv``, swallows the output and turns 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -107,11 +108,11 @@ class _TranslationCache:
 
     @staticmethod
     def _from_disk(key: str, domain: str, problem: str, disk_dir: Path) -> Translation | None:
-        path = disk_dir / f"{key}.json"
+        path = disk_dir / f"{key}.json.gz"
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(gzip.decompress(path.read_bytes()))
             return Translation(_parse_task(domain, problem), data["sas"], data["sas_replan"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError):
             return None
 
     @staticmethod
@@ -119,8 +120,9 @@ class _TranslationCache:
         try:
             disk_dir.mkdir(parents=True, exist_ok=True)
             tmp = disk_dir / f".{key}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"sas": translation.sas, "sas_replan": translation.sas_replan}))
-            tmp.replace(disk_dir / f"{key}.json")
+            payload = json.dumps({"sas": translation.sas, "sas_replan": translation.sas_replan}).encode()
+            tmp.write_bytes(gzip.compress(payload, compresslevel=6))
+            tmp.replace(disk_dir / f"{key}.json.gz")
         except OSError:  # a read-only cache only costs speed
             pass
 

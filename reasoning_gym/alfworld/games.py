@@ -1,0 +1,168 @@
+"""Which ALFWorld games an env plays: real ALFWorld data when present, otherwise offline-generated games.
+
+Why a pool of ids: ``reset(seed=...)`` samples a problem id, ``reset(options={"problem_id": ...})`` replays one, and
+generated games are only built (and cached on disk) when first played, so a pool of hundreds costs nothing upfront.
+
+Sources, in order for ``source="auto"``:
+1. ``game_files`` given explicitly (e.g. the real sample game in ``../shared/data/alfworld``);
+2. ``$ALFWORLD_DATA/json_2.1.1/<split>`` (downloaded with ``alfworld-download`` on a networked machine);
+3. generated games (``reasoning_gym.alfworld.generate``), cached under :func:`default_cache_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reasoning_gym.alfworld.generate import TASK_TYPES, ensure_generated_game
+
+__all__ = ["GamePool", "GameRef", "default_cache_dir", "alfworld_json_dir", "REAL_SPLITS"]
+
+REAL_SPLITS = ("train", "valid_seen", "valid_unseen")
+_GENERATED_PREFIX = "gen"
+
+
+def default_cache_dir() -> Path:
+    """``$OPENR_GYM_ALFWORLD_CACHE``, else ``$XDG_CACHE_HOME/openr-gym/alfworld`` (``~/.cache/openr-gym/alfworld``)."""
+    explicit = os.environ.get("OPENR_GYM_ALFWORLD_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "openr-gym" / "alfworld"
+
+
+def alfworld_json_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """``<data_dir or $ALFWORLD_DATA>/json_2.1.1`` when it exists (never downloads)."""
+    root = data_dir or os.environ.get("ALFWORLD_DATA")
+    if not root:
+        return None
+    path = Path(root).expanduser() / "json_2.1.1"
+    return path if path.is_dir() else None
+
+
+@dataclass(frozen=True)
+class GameRef:
+    """One playable game: its problem id and either a file or a generator seed."""
+
+    problem_id: str
+    game_file: Path | None = None
+    seed: int | None = None
+    split: str = "train"
+
+
+def _real_games(json_dir: Path, split: str, task_types: Sequence[str]) -> list[GameRef]:
+    refs = []
+    split_dir = json_dir / split
+    for traj_path in sorted(split_dir.rglob("traj_data.json")):
+        folder = traj_path.parent
+        if "movable" in str(folder) or "Sliced" in str(folder):  # ALFWorld skips these too
+            continue
+        game_file = folder / "game.tw-pddl"
+        if not game_file.exists():
+            continue
+        try:
+            task_type = json.loads(traj_path.read_text())["task_type"]
+            if task_type not in task_types or not json.loads(game_file.read_text()).get("solvable", False):
+                continue
+        except (OSError, ValueError, KeyError):
+            continue
+        refs.append(GameRef(f"{split}/{folder.relative_to(split_dir).as_posix()}", game_file, split=split))
+    return refs
+
+
+def _file_games(game_files: Iterable[str | os.PathLike]) -> list[GameRef]:
+    refs = []
+    for entry in game_files:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            path = path / "game.tw-pddl"
+        if not path.exists():
+            raise FileNotFoundError(f"ALFWorld game file not found: {path}")
+        refs.append(GameRef(path.parent.name, path))
+    return refs
+
+
+class GamePool:
+    """The games one env samples from, by problem id; generated games are built on first use."""
+
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        num_games: int = 300,
+        game_files: Iterable[str | os.PathLike] | None = None,
+        task_types: Sequence[str] | None = None,
+        source: str = "auto",
+        data_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if split not in REAL_SPLITS:
+            raise ValueError(f"split must be one of {REAL_SPLITS}, got {split!r}")
+        if source not in ("auto", "files", "alfworld", "generated"):
+            raise ValueError(f"source must be 'auto', 'files', 'alfworld' or 'generated', got {source!r}")
+        self.task_types = tuple(task_types) if task_types else TASK_TYPES
+        unknown = set(self.task_types) - set(TASK_TYPES)
+        if unknown:
+            raise ValueError(f"unknown task types {sorted(unknown)}; expected some of {TASK_TYPES}")
+        self.split = split
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        json_dir = alfworld_json_dir(data_dir)
+        if game_files is not None or source == "files":
+            self.source, refs = "files", _file_games(game_files or [])
+        elif source == "alfworld" or (source == "auto" and json_dir is not None):
+            if json_dir is None:
+                raise FileNotFoundError(
+                    "source='alfworld' needs $ALFWORLD_DATA/json_2.1.1 (run alfworld-download)"
+                )
+            self.source, refs = "alfworld", _real_games(json_dir, split, self.task_types)
+        else:
+            self.source, refs = "generated", self._generated_refs(num_games)
+        if not refs:
+            raise ValueError(f"no ALFWorld games found (source={self.source!r}, split={split!r})")
+        self.refs = refs
+        self._by_id = {ref.problem_id: ref for ref in refs}
+
+    def _generated_refs(self, num_games: int) -> list[GameRef]:
+        if num_games < 1:
+            raise ValueError(f"num_games must be >= 1, got {num_games}")
+        wanted = {TASK_TYPES.index(t) for t in self.task_types}
+        refs, seed = [], 0
+        while len(refs) < num_games:
+            if seed % len(TASK_TYPES) in wanted:
+                refs.append(self.generated_ref(seed))
+            seed += 1
+        return refs
+
+    def generated_ref(self, seed: int) -> GameRef:
+        return GameRef(f"{_GENERATED_PREFIX}-{self.split}-{seed:06d}", seed=seed, split=self.split)
+
+    @property
+    def problem_ids(self) -> list[str]:
+        return [ref.problem_id for ref in self.refs]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def get(self, problem_id: str) -> GameRef:
+        """The game with this id; generated ids outside the pool (``gen-<split>-<seed>``) are accepted too."""
+        ref = self._by_id.get(problem_id)
+        if ref is not None:
+            return ref
+        parts = str(problem_id).split("-")
+        if (
+            len(parts) == 3
+            and parts[0] == _GENERATED_PREFIX
+            and parts[1] in REAL_SPLITS
+            and parts[2].isdigit()
+        ):
+            return GameRef(problem_id, seed=int(parts[2]), split=parts[1])
+        raise KeyError(f"unknown ALFWorld problem_id {problem_id!r} ({len(self.refs)} games in this pool)")
+
+    def game_file(self, ref: GameRef) -> Path:
+        """The ``game.tw-pddl`` of a game, generating it into the cache first if needed."""
+        if ref.game_file is not None:
+            return ref.game_file
+        return ensure_generated_game(self.cache_dir, int(ref.seed or 0), ref.split)

@@ -1,0 +1,167 @@
+"""openr/ALFWorld-v0 on the real TextWorld engine: real and generated games, experts, bad input, branching."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("alfworld")
+pytest.importorskip("textworld")
+
+import gymnasium as gym  # noqa: E402
+from gymnasium.utils.env_checker import check_env  # noqa: E402
+
+import reasoning_gym  # noqa: E402,F401
+from reasoning_gym.alfworld import run_expert  # noqa: E402
+from reasoning_gym.alfworld.engine import GameLoadError, translate  # noqa: E402
+from reasoning_gym.alfworld.generate import TASK_TYPES, generate_game  # noqa: E402
+
+pytestmark = pytest.mark.alfworld
+
+REAL_GAME = "alfworld/real_sample_heat_potato_FloorPlan14"
+
+
+@pytest.fixture(scope="module")
+def real_game(data_dir: Path) -> Path:
+    folder = data_dir / REAL_GAME
+    if not (folder / "game.tw-pddl").is_file():
+        pytest.skip(f"{folder} not found")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_env(real_game: Path):
+    env = gym.make("openr/ALFWorld-v0", game_files=[real_game])
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def generated_env():
+    # The default cache (~/.cache/openr-gym/alfworld) keeps generated games between runs.
+    env = gym.make("openr/ALFWorld-v0", num_games=12)
+    yield env
+    env.close()
+
+
+def test_real_game_loads_and_handcoded_expert_wins_in_16_steps(real_env) -> None:
+    obs, info = real_env.reset(seed=0)
+    assert info["problem"] == "heat some potato and put it in sinkbasin."
+    assert info["task_type"] == "pick_heat_then_place_in_recep"
+    assert "Your task is to: heat some potato and put it in sinkbasin." in obs
+    assert "go to countertop 1" in info["admissible_commands"]
+    result = run_expert(real_env, "handcoded")
+    assert result["won"] and result["steps"] == 16
+
+
+def test_real_game_planner_expert_wins(real_env) -> None:
+    real_env.reset(seed=0)
+    plan = real_env.unwrapped.expert_plan()
+    assert plan and plan[-1] == "move potato 2 to sinkbasin 1"
+    rewards = []
+    for command in plan:
+        obs, reward, terminated, truncated, info = real_env.step(command)
+        rewards.append(reward)
+    assert terminated and not truncated and info["won"] and rewards[-1] == 1.0 and sum(rewards) == 1.0
+    assert info["steps"] == plan and info["step_index"] == len(plan)
+
+
+def test_generated_games_cover_six_task_types_and_planner_solves_all(generated_env) -> None:
+    seen = set()
+    for seed in range(6):
+        obs, info = generated_env.reset(options={"problem_id": f"gen-train-{seed:06d}"})
+        seen.add(info["task_type"])
+        assert info["problem"] and info["problem"] in obs
+        assert not info["won"]
+        result = run_expert(generated_env, "planner")
+        assert result["won"], (info["problem_id"], result)
+    assert seen == set(TASK_TYPES)
+
+
+def test_think_and_bad_steps_never_raise_and_leave_the_world_unchanged(generated_env) -> None:
+    obs, info = generated_env.reset(options={"problem_id": "gen-train-000000"})
+    admissible = info["admissible_commands"]
+    space = generated_env.observation_space
+    cases = [
+        ("think: where is the creditcard?", False),
+        ("", True),
+        ("   \n\t ", True),
+        ("x" * 100_000, True),
+        ("fly to the moon", True),
+        ("go to the kitchen 42", True),
+        ("take creditcard 99 from dresser 1", True),
+        ("\x00\x01 go \ud800", True),
+        (12345, True),
+        (None, True),
+    ]
+    for action, invalid in cases:
+        obs, reward, terminated, truncated, info = generated_env.step(action)
+        assert info["invalid"] is invalid, (action, info["invalid_reason"])
+        assert info["admissible_commands"] == admissible  # nothing happened in the world
+        assert reward == 0.0 and not terminated
+        assert obs in space
+        if invalid:
+            assert info["feedback"].startswith("Nothing happens.") and info["invalid_reason"]
+    assert info["step_index"] == len(cases)
+
+
+def test_command_spelling_variants_are_accepted(generated_env) -> None:
+    _, info = generated_env.reset(options={"problem_id": "gen-train-000000"})
+    target = info["admissible_commands"][0]
+    _, _, _, _, info = generated_env.step(f"> {target.upper()}.")
+    assert not info["invalid"] and info["steps"][-1] == target
+
+
+def test_get_state_set_state_branches_exactly(generated_env) -> None:
+    env = generated_env.unwrapped
+    env.reset(options={"problem_id": "gen-train-000004"})
+    plan = env.expert_plan()
+    env.step("think: plan first")
+    env.step(plan[0])
+    snapshot = env.get_state()
+    pickle.dumps(snapshot)
+    expected_obs, _, _, _, expected_info = env.step(plan[1])
+    env.step("look")
+    env.set_state(snapshot)
+    assert env.get_state() == snapshot
+    obs, _, _, _, info = env.step(plan[1])
+    assert obs == expected_obs and info["admissible_commands"] == expected_info["admissible_commands"]
+    assert env.expert_plan() == plan[2:]
+
+
+def test_reset_is_seeded(generated_env) -> None:
+    first = [generated_env.reset(seed=s)[1]["problem_id"] for s in (3, 4, 5)]
+    again = [generated_env.reset(seed=s)[1]["problem_id"] for s in (3, 4, 5)]
+    assert first == again
+
+
+def test_check_env_passes_without_warnings(real_game: Path) -> None:
+    env = gym.make("openr/ALFWorld-v0", game_files=[real_game]).unwrapped
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=False)
+    assert [str(w.message) for w in caught] == []
+    env.close()
+
+
+def test_generation_is_deterministic_and_validated() -> None:
+    a, b = generate_game(7), generate_game(7)
+    assert a.game == b.game and a.traj_data == b.traj_data and a.plan
+    assert a.traj_data["task_type"] == TASK_TYPES[7 % 6]
+    assert a.game["solvable"] and a.game["walkthrough"] == a.plan
+
+
+def test_translator_failure_is_reported_and_argv_restored() -> None:
+    argv = list(sys.argv)
+    with pytest.raises(GameLoadError):
+        translate("(define (domain broken)", "(define (problem p) (:domain other))")
+    assert sys.argv == argv
+
+
+def test_unknown_problem_id_is_a_clear_error(generated_env) -> None:
+    with pytest.raises(KeyError, match="unknown ALFWorld problem_id"):
+        generated_env.reset(options={"problem_id": "no-such-game"})
