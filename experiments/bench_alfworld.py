@@ -1,0 +1,307 @@
+"""Benchmark openr/ALFWorld-v0: speed against stock TextWorld, scripted experts, and a greedy SmolLM2 baseline.
+
+Usage:
+    .venv/bin/python experiments/bench_alfworld.py                       # everything (policy column needs torch)
+    .venv/bin/python experiments/bench_alfworld.py --no-policy --expert-games 60
+    .venv/bin/python experiments/bench_alfworld.py --out runs/bench_alfworld
+
+1. Speed: on the same games in the same process, stock TextWorld (``PddlEnv`` + ALFWorld's demangler, as ALFWorld
+   plays games) and ``ALFWorldEnv`` play the same seeded random walk of admissible commands; steps/s and reset times
+   are compared and the game traces (feedback + admissible commands) are checked to be identical.
+2. Experts: success of the planner expert (must be 100%) and of ALFWorld's hand-coded expert on generated games.
+3. Policy: greedy SmolLM2-135M-Instruct (``agents.engines.HFEngine``) choosing commands, admissible commands shown.
+
+Writes ``results.json`` and prints the tables (markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+import reasoning_gym  # noqa: F401  (registers openr/*)
+from reasoning_gym.alfworld import run_expert
+from reasoning_gym.alfworld.engine import make_textworld_env
+from reasoning_gym.alfworld.env import ALFWorldEnv
+from reasoning_gym.alfworld.speedups import stock_textworld
+from reasoning_gym.data import shared_data_dir
+
+REAL_GAME = "alfworld/real_sample_heat_potato_FloorPlan14"
+
+
+def _games(num_generated: int, cache_dir: str | None) -> list[tuple[str, dict]]:
+    """(label, env kwargs + problem id) for the real sample game (if present) and the first generated games."""
+    games: list[tuple[str, dict]] = []
+    data = shared_data_dir()
+    if data is not None and (data / REAL_GAME / "game.tw-pddl").is_file():
+        games.append(("real:" + REAL_GAME.split("/")[-1], {"game_files": [data / REAL_GAME]}))
+    for seed in range(num_generated):
+        games.append(
+            (
+                f"gen-train-{seed:06d}",
+                {"num_games": num_generated, "cache_dir": cache_dir, "pid": f"gen-train-{seed:06d}"},
+            )
+        )
+    return games
+
+
+def _make_env(spec: dict, **extra: Any) -> tuple[ALFWorldEnv, dict]:
+    kwargs = {k: v for k, v in spec.items() if k != "pid"}
+    env = ALFWorldEnv(**kwargs, **extra)
+    options = {"problem_id": spec["pid"]} if "pid" in spec else None
+    return env, options or {}
+
+
+def bench_speed(games: list[tuple[str, dict]], walk_steps: int, seed: int) -> list[dict]:
+    rows = []
+    for label, spec in games:
+        env, options = _make_env(spec)
+        t0 = time.perf_counter()
+        _, info = env.reset(options=options)
+        ours_first_reset = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, info = env.reset(options=options)
+        ours_reset = time.perf_counter() - t0
+        rng = random.Random(seed)
+        commands, ours_trace = [], [(info["feedback"], info["admissible_commands"])]
+        t0 = time.perf_counter()
+        for _ in range(walk_steps):
+            command = rng.choice(info["admissible_commands"])
+            _, _, terminated, _, info = env.step(command)
+            commands.append(command)
+            ours_trace.append((info["feedback"], info["admissible_commands"]))
+            if terminated:
+                break
+        ours_step_time = time.perf_counter() - t0
+        game_file = str(env.game_file)
+        env.close()
+
+        with stock_textworld():
+            stock = make_textworld_env(fast=False)
+            t0 = time.perf_counter()
+            stock.load(game_file)
+            state = stock.reset()
+            stock_reset = time.perf_counter() - t0
+            stock_trace = [(state.feedback, state["admissible_commands"])]
+            t0 = time.perf_counter()
+            for command in commands:
+                state, _, _ = stock.step(command)
+                stock_trace.append((state.feedback, state["admissible_commands"]))
+            stock_step_time = time.perf_counter() - t0
+
+        def strip(trace: list) -> list:  # the env drops the intro banner; compare the rest exactly
+            return [(fb.replace("-= Welcome to TextWorld, ALFRED! =-", "").strip(), adm) for fb, adm in trace]
+
+        rows.append(
+            {
+                "game": label,
+                "steps": len(commands),
+                "stock_steps_per_s": len(commands) / stock_step_time,
+                "ours_steps_per_s": len(commands) / ours_step_time,
+                "step_speedup": stock_step_time / ours_step_time,
+                "stock_load_reset_s": stock_reset,
+                "ours_first_reset_s": ours_first_reset,
+                "ours_reset_s": ours_reset,
+                "reset_speedup": stock_reset / ours_reset,
+                "identical_trace": strip(stock_trace) == strip(ours_trace),
+            }
+        )
+        print(
+            f"  speed {label}: x{rows[-1]['step_speedup']:.1f} steps, x{rows[-1]['reset_speedup']:.0f} reset",
+            flush=True,
+        )
+    return rows
+
+
+def bench_experts(num_games: int, cache_dir: str | None) -> dict[str, Any]:
+    env = gym.make("openr/ALFWorld-v0", num_games=num_games, cache_dir=cache_dir)
+    results: dict[str, Any] = {}
+    for expert in ("planner", "handcoded"):
+        per_type: dict[str, list[bool]] = defaultdict(list)
+        steps, t0 = [], time.perf_counter()
+        for problem_id in env.unwrapped.pool.problem_ids:
+            _, info = env.reset(options={"problem_id": problem_id})
+            outcome = run_expert(env, expert)
+            per_type[info["task_type"]].append(outcome["won"])
+            if outcome["won"]:
+                steps.append(outcome["steps"])
+        wins = [w for ws in per_type.values() for w in ws]
+        results[expert] = {
+            "games": len(wins),
+            "success": sum(wins) / len(wins),
+            "mean_steps_when_won": statistics.fmean(steps) if steps else None,
+            "per_task_type": {t: sum(ws) / len(ws) for t, ws in sorted(per_type.items())},
+            "seconds": time.perf_counter() - t0,
+        }
+        print(f"  expert {expert}: {results[expert]['success']:.1%} of {len(wins)}", flush=True)
+    env.close()
+    return results
+
+
+def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: str) -> dict[str, Any]:
+    """Greedy LLM policy, all games stepped in lockstep so generation is batched."""
+    try:
+        from agents.engines import HFEngine
+    except ImportError as exc:  # torch / transformers / the engine missing
+        return {"skipped": f"agents.engines.HFEngine unavailable: {exc}"}
+    t0 = time.perf_counter()
+    engine = HFEngine(model)
+    load_s = time.perf_counter() - t0
+    envs = [
+        gym.make(
+            "openr/ALFWorld-v0",
+            num_games=num_games,
+            cache_dir=cache_dir,
+            show_admissible_commands=True,
+            max_observation_chars=6000,
+            max_episode_steps=max_steps,
+        )
+        for _ in range(num_games)
+    ]
+    obs = [env.reset(options={"problem_id": f"gen-train-{i:06d}"})[0] for i, env in enumerate(envs)]
+    done = [False] * num_games
+    won = [False] * num_games
+    invalid = steps = 0
+    t0 = time.perf_counter()
+    while not all(done):
+        live = [i for i in range(num_games) if not done[i]]
+        prompts = [
+            [{"role": "user", "content": obs[i] + "\n\nReply with the next command only, exactly as listed."}]
+            for i in live
+        ]
+        outs = engine.generate(prompts, n=1, max_new_tokens=24, temperature=0.0, stop=["\n"])
+        for i, completions in zip(live, outs):
+            obs[i], _, terminated, truncated, info = envs[i].step(completions[0].text.strip())
+            steps += 1
+            invalid += int(info["invalid"])
+            won[i] = won[i] or bool(info["won"])
+            done[i] = terminated or truncated
+    result = {
+        "model": model,
+        "games": num_games,
+        "max_steps": max_steps,
+        "success": sum(won) / num_games,
+        "invalid_step_rate": invalid / max(steps, 1),
+        "steps": steps,
+        "model_load_s": load_s,
+        "seconds": time.perf_counter() - t0,
+    }
+    for env in envs:
+        env.close()
+    print(
+        f"  policy {model}: {result['success']:.1%} success, {result['invalid_step_rate']:.0%} invalid",
+        flush=True,
+    )
+    return result
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    lines = ["## Speed (same games, same commands, same process)", ""]
+    lines.append(
+        "| game | steps | stock steps/s | ours steps/s | x | stock load+reset s | ours 1st reset s | ours reset s | x | identical |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["speed"]:
+        lines.append(
+            f"| {r['game']} | {r['steps']} | {r['stock_steps_per_s']:.1f} | {r['ours_steps_per_s']:.1f} | "
+            f"{r['step_speedup']:.1f} | {r['stock_load_reset_s']:.2f} | {r['ours_first_reset_s']:.3f} | "
+            f"{r['ours_reset_s']:.3f} | {r['reset_speedup']:.0f} | {r['identical_trace']} |"
+        )
+    s = results["speed_summary"]
+    lines.append(
+        f"| **all** | {s['steps']} | {s['stock_steps_per_s']:.1f} | {s['ours_steps_per_s']:.1f} | "
+        f"**{s['step_speedup']:.1f}** | {s['stock_load_reset_s_median']:.2f} | | {s['ours_reset_s_median']:.3f} | "
+        f"**{s['reset_speedup']:.0f}** | {s['all_identical']} |"
+    )
+    if results.get("experts"):
+        lines += [
+            "",
+            "## Scripted experts on generated games",
+            "",
+            "| expert | games | success | mean steps | per task type |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in results["experts"].items():
+            per = ", ".join(f"{t}: {v:.0%}" for t, v in r["per_task_type"].items())
+            mean = f"{r['mean_steps_when_won']:.1f}" if r["mean_steps_when_won"] else "-"
+            lines.append(f"| {name} | {r['games']} | {r['success']:.1%} | {mean} | {per} |")
+    policy = results.get("policy")
+    if policy:
+        lines += ["", "## Greedy LLM policy (admissible commands shown)", ""]
+        if "skipped" in policy:
+            lines.append(f"skipped: {policy['skipped']}")
+        else:
+            lines += [
+                "| model | games | max steps | success | invalid steps | seconds |",
+                "|---|---|---|---|---|---|",
+                f"| {policy['model']} | {policy['games']} | {policy['max_steps']} | {policy['success']:.1%} | "
+                f"{policy['invalid_step_rate']:.0%} | {policy['seconds']:.0f} |",
+            ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--speed-games", type=int, default=6, help="generated games in the speed table (+ the real one)"
+    )
+    parser.add_argument("--walk-steps", type=int, default=30, help="random admissible commands per game")
+    parser.add_argument(
+        "--expert-games", type=int, default=60, help="generated games for the expert success rates"
+    )
+    parser.add_argument("--policy-games", type=int, default=12)
+    parser.add_argument("--policy-max-steps", type=int, default=30)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--no-policy", action="store_true", help="skip the LLM baseline")
+    parser.add_argument(
+        "--cache-dir", default=None, help="generated-game cache (default ~/.cache/openr-gym/alfworld)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench_alfworld")
+    args = parser.parse_args(argv)
+
+    results: dict[str, Any] = {"args": vars(args), "python": sys.version.split()[0]}
+    print("speed ...", flush=True)
+    speed = bench_speed(_games(args.speed_games, args.cache_dir), args.walk_steps, args.seed)
+    total_steps = sum(r["steps"] for r in speed)
+    stock_time = sum(r["steps"] / r["stock_steps_per_s"] for r in speed)
+    ours_time = sum(r["steps"] / r["ours_steps_per_s"] for r in speed)
+    results["speed"] = speed
+    results["speed_summary"] = {
+        "steps": total_steps,
+        "stock_steps_per_s": total_steps / stock_time,
+        "ours_steps_per_s": total_steps / ours_time,
+        "step_speedup": stock_time / ours_time,
+        "stock_load_reset_s_median": statistics.median(r["stock_load_reset_s"] for r in speed),
+        "ours_reset_s_median": statistics.median(r["ours_reset_s"] for r in speed),
+        "reset_speedup": statistics.median(r["stock_load_reset_s"] for r in speed)
+        / statistics.median(r["ours_reset_s"] for r in speed),
+        "all_identical": all(r["identical_trace"] for r in speed),
+    }
+    if args.expert_games > 0:
+        print("experts ...", flush=True)
+        results["experts"] = bench_experts(args.expert_games, args.cache_dir)
+    if not args.no_policy and args.policy_games > 0:
+        print("policy ...", flush=True)
+        results["policy"] = bench_policy(args.policy_games, args.policy_max_steps, args.cache_dir, args.model)
+    table = _markdown(results)
+    print("\n" + table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(table + "\n")
+    print(f"\nwrote {out / 'results.json'} and {out / 'results.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
