@@ -1,0 +1,245 @@
+"""Collect process-supervision labels by Monte-Carlo rollouts (Math-Shepherd, Wang et al. 2024).
+
+For each problem, sample ``samples`` full solutions from the policy and split them into steps. For every step
+prefix of every solution, sample ``rollouts`` completions from that prefix and judge each finished solution; the
+step's soft label is the fraction that reach the right answer (the sampled solution itself counts as one more
+rollout through each of its prefixes), its hard label is "at least one did" (Math-Shepherd's HE estimate). The
+last step's label is the solution's own outcome. Identical prefixes (common with a weak policy) are rolled out
+once.
+
+Writes to ``--out``: ``math_shepherd.jsonl`` (hard labels, ``ки`` / ``+`` / ``-``), ``math_aps.jsonl`` (soft
+``mc_value`` per step prefix), ``samples.jsonl`` (every sampled solution with its outcome and per-step labels; the
+best-of-N evaluation reads it) and ``summary.json`` (label balance, accuracy, tokens, time).
+
+Example (the run in docs/rewards.md)::
+
+    python experiments/collect_prm_data.py --levels 1 2 --num-problems 48 --samples 4 --rollouts 4 --out runs/prm/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["CollectConfig", "collect", "main", "split_steps"]
+
+
+@dataclass
+class CollectConfig:
+    env_id: str = "openr/Arithmetic-v0"
+    """Environment whose problems, instruction and step delimiter are used."""
+    levels: list[int] = field(default_factory=lambda: [1, 2])
+    """Arithmetic levels (ignored for other envs)."""
+    model: str = "smollm2-135m-instruct"
+    """Policy that writes the solutions and the rollouts (name, HF id or path)."""
+    dtype: str = "auto"
+    num_problems: int = 48
+    problem_seed: int = 0
+    """Problems come from ``env.reset(seed=problem_seed + i)``; use disjoint ranges for train / test."""
+    samples: int = 4
+    """Solutions sampled per problem (N)."""
+    rollouts: int = 4
+    """Completions per step prefix (K)."""
+    max_steps: int = 6
+    """Steps kept per solution (longer ones are cut; their last label is then a rollout estimate)."""
+    max_new_tokens: int = 160
+    rollout_max_new_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 1.0
+    problems_per_batch: int = 8
+    max_batch_size: int = 64
+    seed: int = 0
+    out: str = "runs/prm/data"
+
+
+def split_steps(text: str, delimiter: str = "\n\n", max_steps: int | None = None) -> list[str]:
+    """Steps of a generated solution: split at the delimiter, drop empty parts, stop after the first final answer."""
+    from rewards import extract_answer
+
+    steps: list[str] = []
+    for part in text.split(delimiter):
+        part = part.strip()
+        if not part:
+            continue
+        steps.append(part)
+        if extract_answer(part) is not None or (max_steps is not None and len(steps) >= max_steps):
+            break
+    return steps
+
+
+def _problems(config: CollectConfig) -> tuple[list[Any], str, str]:
+    import gymnasium as gym
+
+    import reasoning_gym  # noqa: F401
+
+    kwargs = {"levels": config.levels} if config.env_id == "openr/Arithmetic-v0" else {}
+    env = gym.make(config.env_id, **kwargs)
+    problems, seen = [], set()
+    offset = 0
+    while len(problems) < config.num_problems and offset < config.num_problems * 20:
+        env.reset(seed=config.problem_seed + offset)
+        offset += 1
+        problem = env.unwrapped.problem
+        if problem.id not in seen:
+            seen.add(problem.id)
+            problems.append(problem)
+    instruction, delimiter = env.unwrapped.instruction, env.unwrapped.step_delimiter
+    env.close()
+    return problems, instruction, delimiter
+
+
+def collect(config: CollectConfig, engine: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Run the collection (``engine``: an ``agents.engines`` engine, built from ``config.model`` when None)."""
+    from tqdm.auto import tqdm
+
+    from rewards import MathJudger
+    from rewards.prm.data import math_aps_record, math_shepherd_record
+
+    start = time.time()
+    if engine is None:
+        from agents.engines import HFEngine
+
+        engine = HFEngine(config.model, dtype=config.dtype, max_batch_size=config.max_batch_size)
+    judger = MathJudger()
+    problems, instruction, delimiter = _problems(config)
+    os.makedirs(config.out, exist_ok=True)
+    files = {
+        name: open(os.path.join(config.out, f"{name}.jsonl"), "w")
+        for name in ("samples", "math_shepherd", "math_aps")
+    }
+    tokens_before = engine.stats.generated_tokens
+    totals = {"solutions": 0, "correct": 0, "steps": 0, "positive_hard": 0, "soft_sum": 0.0, "solved": 0}
+    prefix_cache: dict[tuple[str, tuple[str, ...]], list[bool]] = {}
+    bar = tqdm(total=len(problems), desc="problems", disable=not progress)
+    for batch_start in range(0, len(problems), config.problems_per_batch):
+        batch = problems[batch_start : batch_start + config.problems_per_batch]
+        prompts = [engine.step_prompt(p.question, [], instruction) for p in batch]
+        outs = engine.generate(
+            prompts,
+            n=config.samples,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=config.seed + batch_start,
+        )
+        solutions = []  # (problem, steps, correct, finish_reason)
+        for problem, group in zip(batch, outs):
+            for completion in group:
+                steps = split_steps(completion.text, delimiter, config.max_steps) or [
+                    completion.text.strip() or "(empty)"
+                ]
+                correct = judger.judge(delimiter.join(steps), problem.answer)
+                solutions.append((problem, steps, correct, completion.finish_reason))
+        # Monte-Carlo rollouts from every distinct proper prefix of every solution.
+        wanted = []
+        for problem, steps, _, _ in solutions:
+            for k in range(1, len(steps)):
+                key = (problem.id, tuple(steps[:k]))
+                if key not in prefix_cache and key not in {w[0] for w in wanted}:
+                    wanted.append((key, problem, steps[:k]))
+        if wanted:
+            rollout_outs = engine.generate(
+                [engine.step_prompt(p.question, prefix, instruction) for _, p, prefix in wanted],
+                n=config.rollouts,
+                max_new_tokens=config.rollout_max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=config.seed + 100_000 + batch_start,
+            )
+            pairs, owners = [], []
+            for (key, problem, prefix), group in zip(wanted, rollout_outs):
+                prefix_cache[key] = []
+                for completion in group:
+                    finished = list(prefix) + split_steps(completion.text, delimiter, config.max_steps)
+                    pairs.append((delimiter.join(finished), problem.answer))
+                    owners.append(key)
+            for key, verdict in zip(owners, judger.judge_many(pairs)):
+                prefix_cache[key].append(verdict)
+        by_problem: dict[str, list[tuple[list[str], list[float]]]] = {}
+        for problem, steps, correct, finish_reason in solutions:
+            values = []
+            for k in range(1, len(steps)):
+                outcomes = prefix_cache[(problem.id, tuple(steps[:k]))] + [correct]
+                values.append(sum(outcomes) / len(outcomes))
+            values.append(1.0 if correct else 0.0)
+            hard = [v > 0 for v in values]
+            record = {
+                "problem_id": problem.id,
+                "question": problem.question,
+                "answer": problem.answer,
+                "steps": steps,
+                "correct": correct,
+                "values": values,
+                "hard": hard,
+                "finish_reason": finish_reason,
+            }
+            files["samples"].write(json.dumps(record) + "\n")
+            files["math_shepherd"].write(
+                json.dumps(math_shepherd_record(problem.question, steps, hard, config.env_id)) + "\n"
+            )
+            by_problem.setdefault(problem.id, []).append((steps, values))
+            totals["solutions"] += 1
+            totals["correct"] += int(correct)
+            totals["steps"] += len(steps)
+            totals["positive_hard"] += sum(hard)
+            totals["soft_sum"] += sum(values)
+        for problem in batch:
+            records = by_problem.get(problem.id, [])
+            totals["solved"] += int(any(v[-1] == 1.0 for _, v in records))
+            files["math_aps"].write(
+                json.dumps(math_aps_record(problem.question, problem.answer, records, problem.id)) + "\n"
+            )
+        for f in files.values():
+            f.flush()
+        bar.update(len(batch))
+        bar.set_postfix(
+            acc=f"{totals['correct'] / max(1, totals['solutions']):.2f}",
+            pos=f"{totals['positive_hard'] / max(1, totals['steps']):.2f}",
+        )
+    bar.close()
+    for f in files.values():
+        f.close()
+    summary = {
+        "config": asdict(config),
+        "problems": len(problems),
+        "solutions": totals["solutions"],
+        "sample_accuracy": totals["correct"] / max(1, totals["solutions"]),
+        f"pass@{config.samples}": totals["solved"] / max(1, len(problems)),
+        "steps": totals["steps"],
+        "positive_step_fraction_hard": totals["positive_hard"] / max(1, totals["steps"]),
+        "mean_soft_label": totals["soft_sum"] / max(1, totals["steps"]),
+        "distinct_prefixes_rolled_out": len(prefix_cache),
+        "generated_tokens": engine.stats.generated_tokens - tokens_before,
+        "seconds": time.time() - start,
+    }
+    with open(os.path.join(config.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def parse_args(argv: Sequence[str] | None = None) -> CollectConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = CollectConfig()
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, list):
+            parser.add_argument(flag, type=int, nargs="+", default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    return CollectConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    config = parse_args(argv)
+    summary = collect(config)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Fine-tune a causal LM into a step-tag process reward model (Math-Shepherd / OpenR style).
+
+Each training example is a question and its steps laid out in a step format (``--format math-shepherd``: "Step k:
+... ки"); the loss is the cross-entropy between the model's two-way distribution over the "good" / "bad" tokens at
+each *labelled step tag* and the step's label (soft Monte-Carlo value or hard 0/1): no loss anywhere else. Only the
+hidden states at tag positions are projected onto the two candidate rows of the LM head, so memory does not grow
+with the vocabulary.
+
+Reads Math-Shepherd, PRM800K and MATH-APS files (format detected per file). Held-out data (``--eval-data``, or a
+``--eval-fraction`` of the questions) gives step-level accuracy and ROC-AUC against the binary label (label > 0, the
+Math-Shepherd "hard" estimate) before training and after each epoch. Curves go to TensorBoard (``--logdir``:
+``train/loss``, ``train/lr``, ``eval/auc``, ``eval/accuracy``, ``eval/loss``, ``time/steps_per_second``); the
+trained PRM (model, tokenizer, ``prm_config.json``) goes to ``--out`` and loads with ``rewards.prm.load_prm``.
+
+Example (the run in docs/rewards.md)::
+
+    python experiments/train_prm.py --data runs/prm/train/math_shepherd.jsonl --labels hard \\
+        --eval-data runs/prm/test/math_shepherd.jsonl --epochs 2 --out runs/prm/model --logdir runs/prm/tb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig", "binary_auc", "evaluate", "main", "train"]
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)
+    """Training files (Math-Shepherd, PRM800K or MATH-APS JSONL)."""
+    eval_data: list[str] = field(default_factory=list)
+    """Held-out files; when empty, ``eval_fraction`` of the training questions are held out."""
+    eval_fraction: float = 0.2
+    data_format: str = "auto"
+    model: str = "smollm2-135m-instruct"
+    """Starting model (name, HF id or local folder)."""
+    format: str = "math-shepherd"
+    """Step layout: ``math-shepherd`` or ``math-psa``."""
+    labels: str = "soft"
+    """``soft`` (train on the label value) or ``hard`` (label > 0 -> 1)."""
+    epochs: int = 2
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    batch_size: int = 8
+    max_length: int = 512
+    bf16_autocast: bool = True
+    """Mixed precision on CPU/GPU (weights and optimizer stay fp32)."""
+    max_train_examples: int = 0
+    """Cap on training examples (0: all)."""
+    logdir: str = "runs/prm/tb"
+    out: str = "runs/prm/model"
+    seed: int = 0
+
+
+def binary_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """ROC-AUC by the rank-sum (Mann-Whitney U) formula, ties counted half; NaN when one class is missing."""
+    pairs = sorted(zip(scores, labels), key=lambda p: p[0])
+    positives = sum(1 for _, y in pairs if y)
+    negatives = len(pairs) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        average_rank = (i + 1 + j) / 2
+        rank_sum += average_rank * sum(1 for _, y in pairs[i:j] if y)
+        i = j
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def _load_examples(paths: Sequence[str], data_format: str) -> list[Any]:
+    from rewards.prm.data import read_examples
+
+    examples = []
+    for path in paths:
+        examples += [ex for ex in read_examples(path, data_format) if any(v is not None for v in ex.labels)]
+    return examples
+
+
+def _split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Hold out whole questions, so no question is both trained on and evaluated."""
+    questions = sorted({ex.question for ex in examples})
+    random.Random(seed).shuffle(questions)
+    held = set(questions[: max(1, int(round(len(questions) * fraction)))])
+    return [ex for ex in examples if ex.question not in held], [ex for ex in examples if ex.question in held]
+
+
+def evaluate(prm: Any, examples: Sequence[Any]) -> dict[str, float]:
+    """Step-level metrics of a PRM on labelled examples: AUC and accuracy vs (label > 0), BCE vs the label."""
+    scores = prm.score([ex.question for ex in examples], [ex.steps for ex in examples]) if examples else []
+    flat_scores, flat_labels, losses = [], [], []
+    for ex, row in zip(examples, scores):
+        for score, label in zip(row, ex.labels):
+            if label is None:
+                continue
+            flat_scores.append(score)
+            flat_labels.append(label > 0)
+            p = min(max(score, 1e-6), 1 - 1e-6)
+            losses.append(-(label * math.log(p) + (1 - label) * math.log(1 - p)))
+    n = len(flat_scores)
+    return {
+        "auc": binary_auc(flat_scores, flat_labels),
+        "accuracy": sum((s >= 0.5) == y for s, y in zip(flat_scores, flat_labels)) / max(1, n),
+        "loss": sum(losses) / max(1, n),
+        "positive_fraction": sum(flat_labels) / max(1, n),
+        "steps": float(n),
+    }
+
+
+def _batches(encoded: list[tuple[list[int], list[int], list[float]]], batch_size: int, rng: random.Random):
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    for start in range(0, len(order), batch_size):
+        yield [encoded[i] for i in order[start : start + batch_size]]
+
+
+def train(
+    config: TrainConfig, model: Any = None, tokenizer: Any = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train and save the PRM; returns the metrics (also written to ``<out>/metrics.json``)."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from rewards.prm import PRM_CONFIG_FILE, StepTagPRM, get_format
+    from rewards.prm.formats import encode_steps, token_id
+    from rewards.prm.step_tag import candidate_logits
+
+    start_time = time.time()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if model is None:
+        from agents.engines import load_model
+
+        model, tokenizer = load_model(config.model, dtype="float32")
+    fmt = get_format(config.format)
+    train_examples = _load_examples(config.data, config.data_format)
+    if config.eval_data:
+        eval_examples = _load_examples(config.eval_data, config.data_format)
+    else:
+        train_examples, eval_examples = _split(train_examples, config.eval_fraction, config.seed)
+    if config.max_train_examples:
+        train_examples = train_examples[: config.max_train_examples]
+    if not train_examples:
+        raise ValueError("no labelled training examples")
+
+    candidates = (token_id(tokenizer, fmt.good_token), token_id(tokenizer, fmt.bad_token))
+    encoded = []
+    for ex in train_examples:
+        ids, positions = encode_steps(tokenizer, fmt, ex.question, ex.steps, config.max_length)
+        kept = [(p, lab) for p, lab in zip(positions, ex.labels) if p >= 0 and lab is not None]
+        if kept:
+            targets = [float(lab) if config.labels == "soft" else float(lab > 0) for _, lab in kept]
+            encoded.append((ids, [p for p, _ in kept], targets))
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prm = StepTagPRM(model, tokenizer, fmt, batch_size=config.batch_size * 2, max_length=config.max_length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * math.ceil(len(encoded) / config.batch_size)
+    warmup = max(1, int(config.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
+    )
+    writer = SummaryWriter(config.logdir)
+    history: list[dict[str, Any]] = []
+
+    def log_eval(step: int, epoch: int) -> dict[str, float]:
+        metrics = evaluate(prm, eval_examples)
+        for key in ("auc", "accuracy", "loss"):
+            if not math.isnan(metrics[key]):
+                writer.add_scalar(f"eval/{key}", metrics[key], step)
+        history.append({"step": step, "epoch": epoch, **metrics})
+        print(f"[eval] step {step} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    before = log_eval(0, 0)
+    rng = random.Random(config.seed)
+    step = 0
+    bar = tqdm(total=total_steps, desc="train PRM", disable=not progress)
+    autocast_dtype = torch.bfloat16 if config.bf16_autocast else None
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        for batch in _batches(encoded, config.batch_size, rng):
+            tick = time.time()
+            width = max(len(ids) for ids, _, _ in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros_like(input_ids)
+            rows, cols, targets = [], [], []
+            for r, (ids, positions, labels) in enumerate(batch):
+                input_ids[r, : len(ids)] = torch.tensor(ids)
+                attention_mask[r, : len(ids)] = 1
+                rows += [r] * len(positions)
+                cols += positions
+                targets += labels
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = candidate_logits(
+                    model,
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    torch.tensor(rows, device=device),
+                    torch.tensor(cols, device=device),
+                    candidates,
+                )
+            # Math-Shepherd PRM loss: cross-entropy over {good, bad} at step tags, target (y, 1 - y).
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            target = torch.tensor(targets, device=device)
+            loss = -(target * log_probs[:, 0] + (1 - target) * log_probs[:, 1]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("time/steps_per_second", 1.0 / max(1e-9, time.time() - tick), step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+        log_eval(step, epoch)
+    bar.close()
+    writer.close()
+    model.eval()
+    after = history[-1]
+    os.makedirs(config.out, exist_ok=True)
+    model.save_pretrained(config.out)
+    tokenizer.save_pretrained(config.out)
+    with open(os.path.join(config.out, PRM_CONFIG_FILE), "w") as f:
+        json.dump(
+            {"kind": "step-tag", "format": fmt.name, "labels": config.labels, "trained_on": config.data}, f
+        )
+    result = {
+        "config": asdict(config),
+        "train_examples": len(encoded),
+        "train_tags": sum(len(p) for _, p, _ in encoded),
+        "eval_examples": len(eval_examples),
+        "eval_before": before,
+        "eval_after": after,
+        "history": history,
+        "optimizer_steps": step,
+        "seconds": time.time() - start_time,
+    }
+    with open(os.path.join(config.out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, value in asdict(TrainConfig()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, list):
+            parser.add_argument(flag, nargs="+", default=value, required=name == "data")
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    args = parser.parse_args(argv)
+    if args.labels not in ("soft", "hard"):
+        parser.error("--labels must be soft or hard")
+    return TrainConfig(**vars(args))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    result = train(parse_args(argv))
+    print(json.dumps({"eval_before": result["eval_before"], "eval_after": result["eval_after"]}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

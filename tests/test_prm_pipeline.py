@@ -1,0 +1,118 @@
+"""The process-supervision pipeline end to end with tiny models: collect labels, train a PRM, best-of-N."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from agents.engines import HFEngine  # noqa: E402
+from agents.engines.testing import byte_level_tokenizer, tiny_model  # noqa: E402
+from experiments import collect_prm_data, prm_best_of_n, train_prm  # noqa: E402
+from rewards.prm import load_prm  # noqa: E402
+from rewards.prm.data import read_examples  # noqa: E402
+
+
+def test_binary_auc_known_values():
+    assert train_prm.binary_auc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert train_prm.binary_auc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
+    assert train_prm.binary_auc([0.5, 0.5, 0.5, 0.5], [False, True, False, True]) == 0.5
+    assert train_prm.binary_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    assert math.isnan(train_prm.binary_auc([0.1, 0.2], [True, True]))
+
+
+def test_split_steps():
+    text = "3 + 4 = 7\n\n\n\nSo she has 7.\n\nThe answer is \\boxed{7}.\n\nExtra chatter."
+    assert collect_prm_data.split_steps(text) == ["3 + 4 = 7", "So she has 7.", "The answer is \\boxed{7}."]
+    assert collect_prm_data.split_steps("a\n\nb\n\nc", max_steps=2) == ["a", "b"]
+    assert collect_prm_data.split_steps("  \n\n ") == []
+
+
+def test_collect_writes_all_formats_with_consistent_labels(tmp_path):
+    model, tokenizer = tiny_model(seed=0, tokenizer=byte_level_tokenizer())
+    engine = HFEngine(model, tokenizer)
+    config = collect_prm_data.CollectConfig(
+        levels=[1],
+        num_problems=2,
+        samples=2,
+        rollouts=2,
+        max_new_tokens=24,
+        rollout_max_new_tokens=8,
+        max_steps=3,
+        out=str(tmp_path / "data"),
+    )
+    summary = collect_prm_data.collect(config, engine=engine, progress=False)
+    assert summary["problems"] == 2 and summary["solutions"] == 4
+    assert 0.0 <= summary["positive_step_fraction_hard"] <= 1.0
+    samples = [json.loads(line) for line in open(tmp_path / "data" / "samples.jsonl")]
+    assert len(samples) == 4
+    for s in samples:
+        assert len(s["steps"]) == len(s["values"]) == len(s["hard"]) >= 1
+        assert s["values"][-1] == float(s["correct"])
+        assert all(h == (v > 0) for h, v in zip(s["hard"], s["values"]))
+    shepherd = read_examples(tmp_path / "data" / "math_shepherd.jsonl")
+    assert [ex.labels for ex in shepherd] == [[float(h) for h in s["hard"]] for s in samples]
+    assert [ex.steps for ex in shepherd] == [s["steps"] for s in samples]
+    aps = read_examples(tmp_path / "data" / "math_aps.jsonl")
+    assert len(aps) == sum(len(s["steps"]) for s in samples)
+
+
+def _synthetic_shepherd(path, n, seed):
+    """A learnable toy task: a step is good iff it says 'fine'."""
+    from rewards.prm.data import math_shepherd_record
+
+    rng = random.Random(seed)
+    rows = []
+    with open(path, "w") as f:
+        for i in range(n):
+            steps = [rng.choice(["it is fine", "it is wrong"]) for _ in range(rng.randint(1, 3))]
+            labels = [s.endswith("fine") for s in steps]
+            f.write(json.dumps(math_shepherd_record(f"Question {i}?", steps, labels)) + "\n")
+            rows.append(
+                {
+                    "problem_id": f"p{i // 4}",
+                    "question": f"Question {i // 4}?",
+                    "steps": steps + [f"The answer is \\boxed{{{i % 3}}}."],
+                    "correct": all(labels),
+                }
+            )
+    return rows
+
+
+def test_train_prm_learns_a_step_rule_and_reloads(tmp_path):
+    model, tokenizer = tiny_model(seed=0, tokenizer=byte_level_tokenizer(), hidden_size=64)
+    _synthetic_shepherd(tmp_path / "train.jsonl", 96, seed=0)
+    test_rows = _synthetic_shepherd(tmp_path / "test.jsonl", 24, seed=1)
+    config = train_prm.TrainConfig(
+        data=[str(tmp_path / "train.jsonl")],
+        eval_data=[str(tmp_path / "test.jsonl")],
+        labels="hard",
+        epochs=3,
+        lr=3e-3,
+        batch_size=8,
+        bf16_autocast=False,
+        logdir=str(tmp_path / "tb"),
+        out=str(tmp_path / "prm"),
+    )
+    result = train_prm.train(config, model=model, tokenizer=tokenizer, progress=False)
+    assert result["eval_after"]["auc"] > 0.95, result["history"]
+    assert result["eval_after"]["auc"] > result["eval_before"]["auc"]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    prm = load_prm(tmp_path / "prm")
+    fine, wrong = prm.score(["Question 1?"] * 2, [["it is fine"], ["it is wrong"]])
+    assert fine[0] > 0.5 > wrong[0]
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    out = prm_best_of_n.main(
+        ["--samples", str(samples), "--prm", str(tmp_path / "prm"), "--n", "1", "2", "--trials", "5"]
+    )
+    acc = out["accuracy"]
+    assert set(acc) == {1, 2} and acc[1]["random"] == pytest.approx(acc[1]["prm-best-min"])
+    # The PRM that learned the rule picks the all-"fine" solution whenever there is one.
+    assert acc[2]["prm-best-min"] == pytest.approx(acc[2]["pass@N"])
