@@ -13,7 +13,7 @@ from typing import Any
 
 from agents.engines.base import Completion, Prompt
 
-__all__ = ["StepAdapter", "adapter_for"]
+__all__ = ["StepAdapter", "TextGameAdapter", "adapter_for"]
 
 
 class StepAdapter:
@@ -61,14 +61,18 @@ class StepAdapter:
         """What the model reads as 'the solution so far'."""
         return [str(s) for s in info.get("transcript", info.get("steps", []))]
 
-    def prompt(self, engine: Any, info: Mapping[str, Any]) -> Prompt:
-        """``engine.step_prompt``; rendered here with the env's delimiter when the engine's default differs."""
+    def prompt(self, engine: Any, info: Mapping[str, Any], observation: str | None = None) -> Prompt:
+        """``engine.step_prompt``; rendered here with the env's delimiter when the engine's default differs.
+
+        ``observation`` is unused here (math prompts are rebuilt from ``info``); text games need it."""
         question, transcript = self.question(info), self.transcript(info)
         if getattr(engine, "step_delimiter", self.step_delimiter) == self.step_delimiter:
             return engine.step_prompt(question, transcript, self.instruction)
         from agents.engines.prompting import step_prompt
 
-        return step_prompt(engine.tokenizer, question, transcript, self.instruction, delimiter=self.step_delimiter)
+        return step_prompt(
+            engine.tokenizer, question, transcript, self.instruction, delimiter=self.step_delimiter
+        )
 
     def to_action(self, completion: Completion | str) -> str:
         """The env action for one completion: text before the delimiter, stripped (never raises)."""
@@ -77,9 +81,45 @@ class StepAdapter:
         return text.strip()[: self.max_action_chars]
 
 
+class TextGameAdapter(StepAdapter):
+    """Text games (ALFWorld): the model reads the whole observation (instruction, room, every ``> command`` with the
+    game's answer) as the user turn and answers with one command line.
+
+    The observation only grows by appended blocks, so a child's prompt still shares its parent's long prefix
+    (what vLLM's prefix caching re-uses).
+    """
+
+    def __init__(
+        self, instruction: str = "", step_delimiter: str = "\n", max_action_chars: int = 1000
+    ) -> None:
+        super().__init__(instruction, step_delimiter, max_action_chars)
+
+    @classmethod
+    def from_env(cls, env: Any) -> TextGameAdapter:
+        base = getattr(env, "unwrapped", env)
+        return cls(instruction=str(getattr(base, "instruction", "") or ""))
+
+    def prompt(self, engine: Any, info: Mapping[str, Any], observation: str | None = None) -> Prompt:
+        if observation is None:  # degraded: goal and commands only, without the game's answers
+            observation = "\n".join(
+                [self.instruction, str(info.get("problem", ""))] + [f"> {s}" for s in self.steps(info)]
+            )
+        tokenizer = getattr(engine, "tokenizer", None)
+        if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+            return observation + "\n> "  # base model: continue the transcript
+        return [{"role": "user", "content": observation}]
+
+    def to_action(self, completion: Completion | str) -> str:
+        text = completion if isinstance(completion, str) else completion.text
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        return lines[0][: self.max_action_chars] if lines else ""
+
+
 def adapter_for(env: Any, overrides: Sequence[tuple[str, Any]] = ()) -> StepAdapter:
-    """The adapter for ``env``; ``overrides`` are (attribute, value) pairs set on it (e.g. a custom instruction)."""
-    adapter = StepAdapter.from_env(env)
+    """The adapter for ``env``: ``StepAdapter`` for envs that declare a ``step_delimiter`` (math), otherwise
+    ``TextGameAdapter``; ``overrides`` are (attribute, value) pairs set on it (e.g. a custom instruction)."""
+    base = getattr(env, "unwrapped", env)
+    adapter = StepAdapter.from_env(env) if hasattr(base, "step_delimiter") else TextGameAdapter.from_env(env)
     for name, value in overrides:
         setattr(adapter, name, value)
     return adapter

@@ -80,9 +80,11 @@ class SearchAgent(Agent):
         )
 
     def choose(self, candidates: Sequence[Node]) -> Node:
-        """Apply the selection rule to finished candidates."""
+        """Apply the selection rule to the candidates that terminated (stated an answer, won the game), or to all
+        of them when none did (truncated ones only)."""
         if not candidates:
             raise ValueError("no candidates to choose from")
+        candidates = [c for c in candidates if c.terminated] or list(candidates)
         index = select(
             self.selection_rule, [c.answer for c in candidates], [c.step_scores for c in candidates]
         )
@@ -124,7 +126,7 @@ class SearchAgent(Agent):
         if info is None:
             raise ValueError(f"{type(self).__name__}.predict needs the env's info dict (problem and steps)")
         expander = self.expander(env)
-        root = expander.root_from_current(info)
+        root = expander.root_from_current(obs, info)
         try:
             chosen, _ = self._search(expander, [root])[0]
         finally:

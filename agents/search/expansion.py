@@ -77,17 +77,20 @@ class Expander:
             seed = seeds[index] if seeds is not None else None
             if seed is None and not options:
                 seed = self.seed + index  # no problem given: draw one reproducibly
-            _, info = self.env.reset(seed=seed, options=dict(options) if options else None)
-            roots.append(Node(problem=index, state=self.base.get_state(), info=dict(info)))
+            obs, info = self.env.reset(seed=seed, options=dict(options) if options else None)
+            roots.append(Node(problem=index, state=self.base.get_state(), info=dict(info), observation=obs))
         self.ledgers = [Ledger() for _ in roots]
         self._started = time.perf_counter()
         return roots
 
-    def root_from_current(self, info: Mapping[str, Any]) -> Node:
+    def root_from_current(self, observation: str | None, info: Mapping[str, Any]) -> Node:
         """A root at the env's current state (for ``predict``)."""
         self.ledgers = [Ledger()]
         self._started = time.perf_counter()
-        return Node(problem=0, state=self.base.get_state(), info=dict(info), depth=len(info.get("steps", [])))
+        depth = len(info.get("steps", []))
+        return Node(
+            problem=0, state=self.base.get_state(), info=dict(info), observation=observation, depth=depth
+        )
 
     def finish(self) -> None:
         """Split the elapsed wall time evenly over the problems of the batch."""
@@ -110,7 +113,7 @@ class Expander:
             return []
         if any(node.done for node in nodes):
             raise ValueError("cannot expand a finished node")
-        prompts = [self.adapter.prompt(self.engine, node.info) for node in nodes]
+        prompts = [self.adapter.prompt(self.engine, node.info, node.observation) for node in nodes]
         groups = self.engine.generate(
             prompts,
             n=n,
@@ -164,12 +167,13 @@ class Expander:
     def step(self, node: Node, action: str) -> Node:
         """Branch the env to ``node`` and take ``action``; the child is not attached to ``node``."""
         self.base.set_state(node.state)
-        _, reward, terminated, truncated, info = self.base.step(action)
+        obs, reward, terminated, truncated, info = self.base.step(action)
         depth = node.depth + 1
         return Node(
             problem=node.problem,
             state=self.base.get_state(),
             info=dict(info),
+            observation=obs,
             parent=node,
             action=action,
             depth=depth,

@@ -32,6 +32,8 @@ class Node:
     """``env.unwrapped.get_state()`` after this node's step."""
     info: dict
     """The env ``info`` after this node's step (``problem``, ``steps``, ``answer``, ...)."""
+    observation: str | None = None
+    """The env observation after this node's step (text games build prompts from it)."""
     parent: Node | None = None
     action: str = ""
     """The step that led here (empty at a root)."""
