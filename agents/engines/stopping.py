@@ -13,7 +13,7 @@ from typing import Any
 
 from .base import Completion
 
-__all__ = ["earliest_stop", "finish_completion"]
+__all__ = ["earliest_stop", "finish_completion", "tokens_covering"]
 
 
 def earliest_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
@@ -28,7 +28,7 @@ def earliest_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
     return best
 
 
-def _tokens_covering(tokenizer: Any, token_ids: Sequence[int], n_chars: int) -> int:
+def tokens_covering(tokenizer: Any, token_ids: Sequence[int], n_chars: int) -> int:
     """Smallest k such that the decoded first k tokens are at least ``n_chars`` long."""
     if n_chars <= 0:
         return 0
@@ -62,7 +62,7 @@ def finish_completion(
     hit = earliest_stop(text, stops)
     if hit is not None:
         at, stop = hit
-        keep = _tokens_covering(tokenizer, ids, at)
+        keep = tokens_covering(tokenizer, ids, at)
         return Completion(text[:at], ids[:keep], lps[:keep], "stop", prompt_tokens, stop)
     reason = "eos" if ids and ids[-1] in eos_token_ids else "length"
     return Completion(text, ids, lps, reason, prompt_tokens)

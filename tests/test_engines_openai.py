@@ -1,0 +1,249 @@
+"""OpenAIEngine against a real local server: ``python -m agents.engines.serve`` (the real HFEngine behind the
+OpenAI wire format) started in a subprocess, compared with HFEngine on the same tiny model; plus failure modes
+(server down, garbage answers, flaky and slow servers) with small fake servers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from agents.engines import HFEngine, OpenAIEngine  # noqa: E402
+from agents.engines.openai_engine import (  # noqa: E402
+    EngineConnectionError,
+    EngineRequestError,
+    EngineResponseError,
+)
+from agents.engines.testing import save_tiny_model  # noqa: E402
+
+QUESTION = "What is 12 + 30?"
+INSTRUCTION = "Solve step by step."
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early: {process.stdout.read() if process.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"server at {url} did not come up in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-openai") / "model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_folder: Path) -> Iterator[str]:
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "agents.engines.serve",
+        "--model",
+        str(tiny_folder),
+        "--dtype",
+        "float32",
+    ]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--served-model-name", "tiny"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_folder: Path) -> HFEngine:
+    return HFEngine(str(tiny_folder), dtype="float32", device="cpu")
+
+
+def test_discovers_model_and_matches_hf_on_text_prompts(server_url: str, hf_engine: HFEngine) -> None:
+    client = OpenAIEngine(server_url)
+    assert client.model == "tiny"
+    prompts = ["Once upon a time", hf_engine.step_prompt(QUESTION, ["Add the tens."], INSTRUCTION)]
+    got = client.generate(prompts, max_new_tokens=8, temperature=0)
+    want = hf_engine.generate(prompts, max_new_tokens=8, temperature=0)
+    for g, w in zip(got, want):
+        assert (g[0].text, g[0].token_ids, g[0].finish_reason) == (
+            w[0].text,
+            w[0].token_ids,
+            w[0].finish_reason,
+        )
+        assert g[0].logprobs == pytest.approx(w[0].logprobs, abs=1e-4)
+        assert g[0].prompt_tokens == w[0].prompt_tokens
+    assert client.stats.calls == 1 and client.stats.generated_tokens == 16
+
+
+def test_stop_strings_and_chat(server_url: str, hf_engine: HFEngine) -> None:
+    client = OpenAIEngine(server_url, "tiny")
+    free = hf_engine.generate(["Once upon a time"], max_new_tokens=16, temperature=0)[0][0]
+    stop = free.text[5:8]
+    got = client.generate(["Once upon a time"], max_new_tokens=16, temperature=0, stop=[stop])[0][0]
+    want = hf_engine.generate(["Once upon a time"], max_new_tokens=16, temperature=0, stop=[stop])[0][0]
+    assert (got.text, got.token_ids, got.finish_reason, got.stop_reason) == (
+        want.text,
+        want.token_ids,
+        "stop",
+        stop,
+    )
+    chat = [{"role": "user", "content": "Tell me a story."}]
+    open_turn = client.step_prompt(QUESTION, ["Add the tens."], INSTRUCTION)
+    assert open_turn[-1] == {
+        "role": "assistant",
+        "content": "Add the tens.\n\n",
+    }  # no local tokenizer: messages
+    got_chat = client.generate([chat, open_turn], max_new_tokens=6, temperature=0)
+    want_chat = hf_engine.generate([chat, open_turn], max_new_tokens=6, temperature=0)
+    for g, w in zip(got_chat, want_chat):
+        assert (g[0].text, g[0].token_ids) == (w[0].text, w[0].token_ids)
+        assert g[0].logprobs == pytest.approx(w[0].logprobs, abs=1e-4)
+
+
+def test_local_tokenizer_renders_prompts(server_url: str, hf_engine: HFEngine) -> None:
+    client = OpenAIEngine(server_url, tokenizer=hf_engine.tokenizer, vllm_extensions=False)
+    prompt = client.step_prompt(QUESTION, [], INSTRUCTION)
+    assert prompt == hf_engine.step_prompt(QUESTION, [], INSTRUCTION)
+    got = client.generate([prompt], max_new_tokens=6, temperature=0)[0][0]
+    want = hf_engine.generate([prompt], max_new_tokens=6, temperature=0)[0][0]
+    assert got.text == want.text and got.token_ids == want.token_ids  # ids re-derived from text
+
+
+def test_samples_seeds_and_concurrency(server_url: str) -> None:
+    client = OpenAIEngine(server_url, "tiny", max_concurrency=3)
+    prompts = [f"Story number {i}:" for i in range(7)]
+    first = client.generate(prompts, n=2, max_new_tokens=5, temperature=1.0, seed=11)
+    again = client.generate(prompts, n=2, max_new_tokens=5, temperature=1.0, seed=11)
+    assert [[c.token_ids for c in g] for g in first] == [[c.token_ids for c in g] for g in again]
+    assert all(len(g) == 2 and all(len(c.token_ids) == 5 for c in g) for g in first)
+
+
+def test_score_matches_hf(server_url: str, hf_engine: HFEngine) -> None:
+    client = OpenAIEngine(server_url, "tiny")
+    prompts, continuations = ["The answer is", "Once upon a time"], [" 42, clearly.", " there was a cat."]
+    got, want = client.score(prompts, continuations), hf_engine.score(prompts, continuations)
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_server_rejects_bad_requests_clearly(server_url: str) -> None:
+    client = OpenAIEngine(server_url, "tiny", max_retries=0)
+    with pytest.raises(EngineRequestError, match="HTTP 400"):
+        client._request("/completions", {"model": "tiny", "prompt": 42})
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        client.generate(["x"], max_new_tokens=0)
+
+
+def test_server_down_raises_after_retries() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens here
+    start = time.monotonic()
+    with pytest.raises(EngineConnectionError, match="3 attempts"):
+        OpenAIEngine(url, "m", max_retries=2, backoff=0.05).generate(["hi"], max_new_tokens=2)
+    assert time.monotonic() - start < 10
+
+
+class FakeServer(ThreadingHTTPServer):
+    """Answers every POST with ``replies`` in turn (status, body), then repeats the last one; can stall."""
+
+    daemon_threads = True
+
+    def __init__(self, replies: list[tuple[int, bytes]], delay: float = 0.0) -> None:
+        outer = self
+        self.replies, self.delay, self.hits = replies, delay, 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, body = outer.replies[min(outer.hits, len(outer.replies) - 1)]
+                outer.hits += 1
+                time.sleep(outer.delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+
+CANNED = json.dumps(
+    {
+        "choices": [{"index": 0, "text": " ok.\n\nmore", "finish_reason": "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+).encode()
+
+
+def test_flaky_server_is_retried_with_backoff() -> None:
+    fake = FakeServer([(503, b"busy"), (503, b"busy"), (200, CANNED)])
+    try:
+        out = OpenAIEngine(fake.url, "m", max_retries=3, backoff=0.01).generate(["hi"], stop=["\n\n"])[0][0]
+    finally:
+        fake.shutdown()
+    assert fake.hits == 3
+    assert (out.text, out.finish_reason, out.prompt_tokens) == (" ok.", "stop", 3)  # stop string never leaks
+
+
+@pytest.mark.parametrize(
+    "reply, match",
+    [
+        (b"<html>proxy error</html>", "non-JSON"),
+        (b"[1, 2]", "JSON list"),
+        (b'{"choices": []}', "expected 1 choices"),
+    ],
+)
+def test_garbage_answers_raise_response_errors(reply: bytes, match: str) -> None:
+    fake = FakeServer([(200, reply)])
+    try:
+        with pytest.raises(EngineResponseError, match=match):
+            OpenAIEngine(fake.url, "m", max_retries=0).generate(["hi"])
+    finally:
+        fake.shutdown()
+
+
+def test_slow_server_times_out() -> None:
+    fake = FakeServer([(200, CANNED)], delay=2.0)
+    try:
+        with pytest.raises(EngineConnectionError, match="2 attempts"):
+            OpenAIEngine(fake.url, "m", timeout=0.3, max_retries=1, backoff=0.01).generate(["hi"])
+    finally:
+        fake.shutdown()
