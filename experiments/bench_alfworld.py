@@ -36,6 +36,7 @@ from reasoning_gym.alfworld.speedups import stock_textworld
 from reasoning_gym.data import shared_data_dir
 
 REAL_GAME = "alfworld/real_sample_heat_potato_FloorPlan14"
+_POLICY_ASK = "\n\nWrite the next command, chosen from the admissible commands."
 
 
 def _games(num_generated: int, cache_dir: str | None) -> list[tuple[str, dict]]:
@@ -162,7 +163,7 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
             num_games=num_games,
             cache_dir=cache_dir,
             show_admissible_commands=True,
-            max_observation_chars=6000,
+            max_observation_chars=4000,
             max_episode_steps=max_steps,
         )
         for _ in range(num_games)
@@ -174,11 +175,12 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
     t0 = time.perf_counter()
     while not all(done):
         live = [i for i in range(num_games) if not done[i]]
+        # The assistant turn is opened with "> " (the observation's own command marker): the model writes a command.
         prompts = [
-            [{"role": "user", "content": obs[i] + "\n\nReply with the next command only, exactly as listed."}]
+            [{"role": "user", "content": obs[i] + _POLICY_ASK}, {"role": "assistant", "content": "> "}]
             for i in live
         ]
-        outs = engine.generate(prompts, n=1, max_new_tokens=24, temperature=0.0, stop=["\n"])
+        outs = engine.generate(prompts, n=1, max_new_tokens=16, temperature=0.0, stop=["\n"])
         for i, completions in zip(live, outs):
             obs[i], _, terminated, truncated, info = envs[i].step(completions[0].text.strip())
             steps += 1
@@ -258,8 +260,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--expert-games", type=int, default=60, help="generated games for the expert success rates"
     )
-    parser.add_argument("--policy-games", type=int, default=12)
-    parser.add_argument("--policy-max-steps", type=int, default=30)
+    parser.add_argument(
+        "--policy-games", type=int, default=6, help="generated games (one per task type per 6)"
+    )
+    parser.add_argument("--policy-max-steps", type=int, default=15)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--no-policy", action="store_true", help="skip the LLM baseline")
     parser.add_argument(

@@ -133,6 +133,22 @@ def test_get_state_set_state_branches_exactly(generated_env) -> None:
     assert env.expert_plan() == plan[2:]
 
 
+def test_set_state_operator_replay_equals_command_replay(generated_env) -> None:
+    env = generated_env.unwrapped
+    env.reset(options={"problem_id": "gen-train-000005"})
+    for command in env.expert_plan()[:5]:
+        env.step(command)
+    snapshot = env.get_state()
+    assert len(snapshot["operators"]) == len(snapshot["commands"]) == 5
+    facts = lambda: sorted(map(str, env.textworld_env._wrapped_env._wrapped_env._pddl_state.facts))  # noqa: E731
+    env.set_state(snapshot)
+    obs, _, _, _, info = env.step("look")
+    fast = (obs, info["admissible_commands"], facts())
+    env.set_state({**snapshot, "operators": []})  # no operators: replays the commands through the game
+    obs, _, _, _, info = env.step("look")
+    assert (obs, info["admissible_commands"], facts()) == fast
+
+
 def test_reset_is_seeded(generated_env) -> None:
     first = [generated_env.reset(seed=s)[1]["problem_id"] for s in (3, 4, 5)]
     again = [generated_env.reset(seed=s)[1]["problem_id"] for s in (3, 4, 5)]

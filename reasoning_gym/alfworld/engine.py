@@ -32,6 +32,9 @@ __all__ = [
     "FastPddlEnv",
     "stock_pddl_env",
     "planner_plan",
+    "base_env",
+    "last_operator_id",
+    "replay_operators",
 ]
 
 _TRANSLATOR_ARGV = ["translate.py", "domain", "task"]
@@ -303,3 +306,55 @@ def planner_plan(textworld_env: Any) -> list[str]:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise GameLoadError(f"planner failed: {type(exc).__name__}: {exc}") from None
+
+
+def base_env(textworld_env: Any) -> Any:
+    """The innermost TextWorld env under ALFWorld's wrappers."""
+    while hasattr(textworld_env, "_wrapped_env"):
+        textworld_env = textworld_env._wrapped_env
+    return textworld_env
+
+
+def last_operator_id(textworld_env: Any) -> int | None:
+    """The fast-downward operator id of the last successful command (None if nothing happened)."""
+    action = base_env(textworld_env)._last_action
+    return None if action is None else int(action.id)
+
+
+def replay_operators(textworld_env: Any, operator_ids: list[int], feedback: str) -> Any:
+    """Apply operators to a freshly reset game without generating text for the intermediate states.
+
+    Why: restoring a planner's branch by replaying commands through ``step`` derives every intermediate state's
+    admissible commands; applying the operators directly and deriving only the final state is ~10x cheaper and
+    leaves the game exactly where the commands would (same facts, same admissible commands). Returns the final
+    TextWorld game state; raises ``ValueError`` if an operator is not applicable (the snapshot is for another game).
+    """
+    from fast_downward import Operator
+    from textworld.core import GameState
+    from textworld.envs.pddl.logic import Atom
+
+    env = base_env(textworld_env)
+    state = env._pddl_state
+    lib = env.downward_lib
+    for op_id in operator_ids:
+        count = lib.get_applicable_operators_count()
+        operators = (Operator * count)()
+        lib.get_applicable_operators(operators)
+        operator = next((op for op in operators if op.id == op_id), None)
+        if operator is None:
+            raise ValueError(f"operator {op_id} is not applicable here")
+        effects = (Atom * operator.nb_effect_atoms)()
+        lib.apply_operator(operator.id, effects)
+        for effect in effects:
+            fact = effect.get_fact(state.name2type)
+            state.remove_fact(fact.negate())
+            state.add_fact(fact)
+    env.prev_state = env.state
+    env.state = GameState()
+    env.state.feedback = env.state.raw = feedback
+    env._last_action = None
+    env._moves = len(operator_ids)
+    env._gather_infos()
+    env.state["score"] = 1 if env.state["won"] else 0
+    env.state["done"] = env.state["won"] or env.state["lost"]
+    return env.state

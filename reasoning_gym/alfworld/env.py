@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -10,7 +12,14 @@ from typing import Any
 import gymnasium as gym
 
 from reasoning_gym.alfworld.commands import THINK_PREFIX, command_variants, parse_step
-from reasoning_gym.alfworld.engine import GameLoadError, make_textworld_env, planner_plan
+from reasoning_gym.alfworld.engine import (
+    GameLoadError,
+    base_env,
+    last_operator_id,
+    make_textworld_env,
+    planner_plan,
+    replay_operators,
+)
 from reasoning_gym.alfworld.games import GamePool, GameRef
 from reasoning_gym.base import STEP_CHARSET, sanitize_step
 from reasoning_gym.spaces import StepText
@@ -131,6 +140,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         self._transcript: list[tuple[str, str]] = []
         self._steps: list[str] = []
         self._commands: list[str] = []
+        self._operators: list[int] = []
         self._admissible: list[str] = []
         self._won = False
         self._feedback = ""
@@ -163,9 +173,8 @@ class ALFWorldEnv(gym.Env[str, str]):
         self._feedback = self._intro
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)
     def _read_task_type(game_file: Path) -> str:
-        import json
-
         try:
             return str(json.loads((game_file.parent / "traj_data.json").read_text())["task_type"])
         except (OSError, ValueError, KeyError):
@@ -178,6 +187,9 @@ class ALFWorldEnv(gym.Env[str, str]):
     def _play(self, command: str) -> str:
         state, _, _ = self._tw.step(command)
         self._commands.append(command)
+        op_id = last_operator_id(self._tw)
+        if op_id is not None:
+            self._operators.append(op_id)
         self._raw_feedback = state.feedback
         self._admissible = list(state["admissible_commands"])
         self._won = bool(state["won"])
@@ -241,9 +253,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         """Free the game's planner memory. The fast-downward library copy itself stays mapped: ``dlclose`` of a C++
         library whose static state other copies share crashes the process later, so it is never unloaded."""
         tw, self._tw, self._loaded_file, self._ref = self._tw, None, None, None
-        base = tw
-        while base is not None and hasattr(base, "_wrapped_env"):
-            base = base._wrapped_env
+        base = base_env(tw) if tw is not None else None
         lib = getattr(base, "downward_lib", None)
         if lib is not None:
             base.downward_lib = None
@@ -323,26 +333,38 @@ class ALFWorldEnv(gym.Env[str, str]):
         return plan[0] if plan else "look"
 
     def get_state(self) -> dict[str, Any]:
-        """A small picklable snapshot: the game id, the game commands played and the transcript."""
+        """A small picklable snapshot: the game id, the game commands (and their planner operators), the transcript."""
         if self._ref is None:
             raise gym.error.ResetNeeded("call reset() before get_state()")
         return {
             "problem_id": self._ref.problem_id,
             "commands": list(self._commands),
+            "operators": list(self._operators),
             "transcript": [list(pair) for pair in self._transcript],
             "steps": list(self._steps),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`get_state` snapshot (restarts the game from its cached start and replays the commands)."""
+        """Restore a :meth:`get_state` snapshot: restart the game from its cached start, then re-apply its operators
+        (or replay its commands when the snapshot has none); only the final state's text is generated."""
         ref = self.pool.get(str(state["problem_id"]))
         self._start_game(ref)
-        for command in state["commands"]:
-            if command not in self._admissible:
-                raise ValueError(
-                    f"state does not match game {ref.problem_id!r}: {command!r} is not admissible"
-                )
-            self._play(command)
+        commands = [str(c) for c in state["commands"]]
+        operators = [int(o) for o in state.get("operators", [])]
+        if commands and len(operators) == len(commands):
+            feedback = state["transcript"][-1][1] if state["transcript"] else self._raw_feedback
+            game_state = replay_operators(self._tw, operators, feedback)
+            self._commands, self._operators = commands, operators
+            self._admissible = list(game_state["admissible_commands"])
+            self._won = bool(game_state["won"])
+            self._raw_feedback = feedback
+        else:
+            for command in commands:
+                if command not in self._admissible:
+                    raise ValueError(
+                        f"state does not match game {ref.problem_id!r}: {command!r} is not admissible"
+                    )
+                self._play(command)
         self._transcript = [(str(a), str(b)) for a, b in state["transcript"]]
         self._steps = [str(s) for s in state["steps"]]
         if self._transcript:

@@ -14,6 +14,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from reasoning_gym.alfworld.engine import base_env
+
 __all__ = ["HandcodedExpert", "run_expert"]
 
 
@@ -55,10 +57,7 @@ class HandcodedExpert:
         from alfworld.agents.expert import HandCodedAgentFailed, HandCodedAgentTimeout
 
         game = _unwrapped(env)
-        tw = game.textworld_env
-        base = tw
-        while hasattr(base, "_wrapped_env"):
-            base = base._wrapped_env
+        base = base_env(game.textworld_env)
         admissible = game._admissible
         state = {
             "feedback": game.raw_feedback,
