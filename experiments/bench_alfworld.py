@@ -125,7 +125,16 @@ def bench_speed(games: list[tuple[str, dict]], walk_steps: int, seed: int) -> li
 
 def bench_experts(num_games: int, cache_dir: str | None) -> dict[str, Any]:
     env = gym.make("openr/ALFWorld-v0", num_games=num_games, cache_dir=cache_dir)
-    results: dict[str, Any] = {}
+    pool = env.unwrapped.pool
+    t0 = time.perf_counter()
+    problems = {
+        json.loads(pool.game_file(ref).read_text())["pddl_problem"].split("\n", 1)[1] for ref in pool.refs
+    }
+    results: dict[str, Any] = {
+        "distinct_games": len(problems),
+        "generate_or_load_s": time.perf_counter() - t0,
+    }
+    print(f"  {len(problems)} distinct games of {len(pool)}", flush=True)
     for expert in ("planner", "handcoded"):
         per_type: dict[str, list[bool]] = defaultdict(list)
         steps, t0 = [], time.perf_counter()
@@ -225,14 +234,18 @@ def _markdown(results: dict[str, Any]) -> str:
         f"**{s['reset_speedup']:.0f}** | {s['all_identical']} |"
     )
     if results.get("experts"):
+        report = results["experts"]
         lines += [
             "",
             "## Scripted experts on generated games",
             "",
+            f"{report['distinct_games']} distinct games (generated or loaded in {report['generate_or_load_s']:.0f} s).",
+            "",
             "| expert | games | success | mean steps | per task type |",
             "|---|---|---|---|---|",
         ]
-        for name, r in results["experts"].items():
+        for name in ("planner", "handcoded"):
+            r = report[name]
             per = ", ".join(f"{t}: {v:.0%}" for t, v in r["per_task_type"].items())
             mean = f"{r['mean_steps_when_won']:.1f}" if r["mean_steps_when_won"] else "-"
             lines.append(f"| {name} | {r['games']} | {r['success']:.1%} | {mean} | {per} |")
