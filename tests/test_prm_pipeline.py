@@ -123,5 +123,7 @@ def test_trainable_layers_freeze_everything_below():
     params = train_prm._select_trainable(model, 1)
     trainable = {id(p) for p in params}
     assert trainable == {id(p) for p in model.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters()]}
+    assert trainable == {
+        id(p) for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters()]
+    }
     assert not model.model.embed_tokens.weight.requires_grad
