@@ -181,3 +181,27 @@ def test_translator_failure_is_reported_and_argv_restored() -> None:
 def test_unknown_problem_id_is_a_clear_error(generated_env) -> None:
     with pytest.raises(KeyError, match="unknown ALFWorld problem_id"):
         generated_env.reset(options={"problem_id": "no-such-game"})
+
+
+def test_alfworld_data_layout_is_found_by_split(real_game: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    trial = (
+        tmp_path
+        / "json_2.1.1"
+        / "valid_seen"
+        / "pick_heat_then_place_in_recep-Potato-None-SinkBasin-14"
+        / "trial_1"
+    )
+    trial.mkdir(parents=True)
+    for name in ("game.tw-pddl", "traj_data.json"):
+        shutil.copy(real_game / name, trial / name)
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    env = gym.make("openr/ALFWorld-v0", split="valid_seen")
+    assert env.unwrapped.pool.source == "alfworld"
+    _, info = env.reset(seed=0)
+    assert info["problem_id"] == "valid_seen/pick_heat_then_place_in_recep-Potato-None-SinkBasin-14/trial_1"
+    assert info["problem"] == "heat some potato and put it in sinkbasin."
+    with pytest.raises(ValueError, match="no ALFWorld games"):
+        gym.make("openr/ALFWorld-v0", split="valid_unseen")
+    env.close()
