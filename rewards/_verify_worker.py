@@ -35,6 +35,22 @@ def _parse_cached(answer: str):
     return parse(f"\\boxed{{{answer}}}", extraction_config=_config(), parsing_timeout=_INNER_TIMEOUT_S)
 
 
+def _numbers_differ(gold, pred) -> bool:
+    """True when both are constant numbers whose values clearly differ (30-digit evaluation, under an alarm)."""
+    from math_verify.utils import timeout
+
+    def differ() -> bool:
+        if not (getattr(gold, "is_number", False) and getattr(pred, "is_number", False)):
+            return False
+        gold_value, pred_value = complex(gold.evalf(30)), complex(pred.evalf(30))
+        return abs(gold_value - pred_value) > 1e-9 * max(1.0, abs(gold_value))
+
+    try:
+        return bool(timeout(timeout_seconds=1)(differ)())
+    except Exception:  # noqa: BLE001 - undecided: let math-verify judge
+        return False
+
+
 def verify_pair(prediction: str, reference: str) -> bool:
     """math-verify's equivalence of two extracted answers (gold first: the comparison is not symmetric)."""
     from math_verify import verify
@@ -43,6 +59,8 @@ def verify_pair(prediction: str, reference: str) -> bool:
     pred = _parse_cached(prediction)
     if not gold or not pred:
         return False
+    if _numbers_differ(gold[0], pred[0]):
+        return False  # the common wrong-answer case, decided without sympy's simplification passes
     return bool(verify(gold, pred, float_rounding=10, timeout_seconds=_INNER_TIMEOUT_S))
 
 

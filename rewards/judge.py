@@ -25,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 
 from rewards.answer import extract_answer, last_number, normalize_number
@@ -60,14 +60,28 @@ def _canonical(text: str) -> str:
     return text.strip("$").rstrip(".")
 
 
-def _decimal(text: str) -> Decimal | None:
+_FRAC = re.compile(r"^(-?)\\[dt]?frac(?:\{(-?\d+)\}|(\d))(?:\{(-?\d+)\}|(\d))$")
+_SLASH = re.compile(r"^(-?\d+)/(\d+)$")
+
+
+def _exact_number(text: str) -> Fraction | None:
+    """An exact rational for plain numbers, ``a/b`` and ``\\frac{a}{b}`` (decimals stay exact: no float rounding)."""
     number = normalize_number(text)
-    if number is None:
-        return None
     try:
-        return Decimal(number)
-    except InvalidOperation:
+        if number is not None:
+            return Fraction(number)
+        compact = _SPACING.sub("", text).strip("$")
+        match = _FRAC.match(compact)
+        if match:
+            sign, num_braced, num_digit, den_braced, den_digit = match.groups()
+            value = Fraction(int(num_braced or num_digit), int(den_braced or den_digit))
+            return -value if sign else value
+        match = _SLASH.match(compact)
+        if match:
+            return Fraction(int(match.group(1)), int(match.group(2)))
+    except (ValueError, ZeroDivisionError):
         return None
+    return None
 
 
 def _unit_powers(text: str) -> set[tuple[str, str]]:
@@ -78,7 +92,7 @@ def rule_verdict(prediction: str, reference: str) -> bool | None:
     """The verdict where rules alone are sound, else None (math-verify decides)."""
     if _canonical(prediction) == _canonical(reference):
         return True
-    pred_num, ref_num = _decimal(prediction), _decimal(reference)
+    pred_num, ref_num = _exact_number(prediction), _exact_number(reference)
     if pred_num is not None and ref_num is not None:
         return pred_num == ref_num
     if _BASE_SUBSCRIPT.search(reference) or _BASE_SUBSCRIPT.search(prediction):
