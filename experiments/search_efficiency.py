@@ -1,0 +1,111 @@
+"""Prefix re-use in tree search: prompt tokens the engine actually processes, with and without prefix caching.
+
+Beam search and MCTS send, at every step, prompts that extend a prompt already sent (the parent's). Re-sending the
+whole prompt each time (how OpenR drives its engine) costs ``full_prompt_tokens``; an engine with prefix caching
+(vLLM) processes only the new suffix. This runs the same agents on the same problems with a vLLM engine with
+prefix caching on and then off, and prints processed / full prompt tokens and the wall-time ratio.
+
+    python -m experiments.search_efficiency                     # vLLM (CPU or GPU), SmolLM2, Arithmetic
+    python -m experiments.search_efficiency --agents beam_search --budget 4 --num-problems 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.benchmark import AGENTS, draw_problems, summarize
+
+__all__ = ["main"]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="openr/Arithmetic-v0")
+    parser.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments for gym.make")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--agents", default="beam_search,mcts")
+    parser.add_argument("--budget", type=int, default=2)
+    parser.add_argument("--num-problems", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument(
+        "--eager", action="store_true", help="vLLM enforce_eager (faster start, slower decode)"
+    )
+    parser.add_argument("--out", default="runs/search_efficiency.json")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list[dict]) -> list[dict]:
+    import agents
+    from agents.engines import VLLMEngine
+
+    engine = VLLMEngine(
+        args.model, seed=args.seed, enable_prefix_caching=prefix_caching, enforce_eager=args.eager
+    )
+    rows = []
+    try:
+        for key in [k.strip() for k in args.agents.split(",") if k.strip()]:
+            class_name, overrides = AGENTS[key]
+            config = overrides(args.budget) if overrides else {}
+            agent = getattr(agents, class_name)(
+                engine,
+                env,
+                seed=args.seed,
+                max_steps=args.max_steps,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                batch_problems=len(problems),
+                **config,
+            )
+            started = time.perf_counter()
+            results = agent.solve_many(env, problems)
+            rows.append(
+                {
+                    "agent": key,
+                    "prefix_caching": prefix_caching,
+                    **summarize(results, time.perf_counter() - started),
+                }
+            )
+    finally:
+        engine.close()
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    import gymnasium as gym
+
+    import reasoning_gym  # noqa: F401
+
+    env = gym.make(args.env, **json.loads(args.env_kwargs))
+    problems = draw_problems(env, args.num_problems, args.seed)
+    rows = run(args, True, env, problems) + run(args, False, env, problems)
+    print(
+        f"{'agent':12s} {'caching':>7s} {'processed/prob':>14s} {'full/prob':>10s} {'processed/full':>14s} {'s':>7s}"
+    )
+    for row in rows:
+        print(
+            f"{row['agent']:12s} {'on' if row['prefix_caching'] else 'off':>7s} {row['prompt_tokens']:14.0f}"
+            f" {row['full_prompt_tokens']:10.0f} {row['prompt_reuse_ratio']:14.2f} {row['seconds']:7.1f}"
+        )
+    for key in dict.fromkeys(row["agent"] for row in rows):
+        on = next(r for r in rows if r["agent"] == key and r["prefix_caching"])
+        off = next(r for r in rows if r["agent"] == key and not r["prefix_caching"])
+        print(
+            f"{key}: processed prompt tokens with caching / without = "
+            f"{on['prompt_tokens'] / max(off['prompt_tokens'], 1):.2f}; wall time on / off = {on['seconds'] / off['seconds']:.2f}"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
