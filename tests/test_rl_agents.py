@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 
 from agents.engines import HFEngine
 from agents.engines.testing import byte_level_tokenizer, tiny_model
@@ -17,46 +15,9 @@ from agents.rl.grpo import GRPO, GRPOConfig
 from agents.rl.ppo import PPO, PPOConfig
 from agents.rl.rollout import episode_to_tokens
 from agents.rl.sft import SFT, SFTConfig, SFTExample
+from agents.rl.toy import DIGITS_ID, register_toy_envs
 
-DIGITS_ID = "openr-test/Digits-v0"
-
-
-class DigitsEnv(gym.Env):
-    """A one-step toy task: the reward is the fraction of the answer's characters that are digits.
-
-    A random byte-level model writes a digit ~4% of the time, so rewards differ within every group and a
-    policy-gradient method must push that fraction up quickly.
-    """
-
-    metadata = {"render_modes": []}
-    step_delimiter = "\n\n"
-    instruction = "Write digits."
-
-    def __init__(self) -> None:
-        charset = "".join(chr(c) for c in range(32, 127))
-        self.observation_space = spaces.Text(256, charset=charset)
-        self.action_space = spaces.Text(256, charset=charset)
-        self.question = ""
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.question = f"Problem {int(self.np_random.integers(100))}"
-        return self.question, {"problem": self.question, "steps": [], "instruction": self.instruction}
-
-    def step(self, action):
-        text = str(action)
-        reward = sum(c.isdigit() for c in text) / max(len(text), 1)
-        info = {
-            "problem": self.question,
-            "steps": [text],
-            "instruction": self.instruction,
-            "correct": reward > 0.5,
-        }
-        return self.question, reward, True, False, info
-
-
-if DIGITS_ID not in gym.registry:
-    gym.register(DIGITS_ID, entry_point=DigitsEnv, max_episode_steps=1)
+register_toy_envs()
 
 
 def tiny_engine(seed: int = 0) -> HFEngine:

@@ -165,10 +165,12 @@ class EvalCallback(BaseCallback):
         self.history.append((self.num_timesteps, metrics))
         for key, value in metrics.items():
             self.logger.record(f"eval/{key}", value)
+        self.logger.record("time/updates", self.num_timesteps)
 
     def _on_training_start(self) -> None:
         if self.num_timesteps == 0:
             self._evaluate()
+            self.logger.dump(step=0)
 
     def _on_step(self) -> bool:
         if self.n_calls % self.eval_freq == 0:

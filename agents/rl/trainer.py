@@ -195,14 +195,7 @@ class TrainableAgent(Agent):
         update = getattr(self.engine, "update_weights", None)
         if not callable(update):
             return
-        if self.config.lora_r > 0:
-            self.model.merge_adapter()
-            try:
-                update(self.model.get_base_model())
-            finally:
-                self.model.unmerge_adapter()
-        else:
-            update(self.model)
+        update(_MergedWeights(self.model) if self.config.lora_r > 0 else self.model)
 
     def vec_env(self, num_envs: int, env: Any = None) -> Any:
         env = env if env is not None else self.env
@@ -406,6 +399,25 @@ class TrainableAgent(Agent):
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+
+class _MergedWeights:
+    """What ``update_weights`` reads (``state_dict()``) for a LoRA policy: the adapters merged into plain weights,
+    under the base model's parameter names; the live model is left unmerged."""
+
+    def __init__(self, peft_model: Any) -> None:
+        self.peft_model = peft_model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self.peft_model.merge_adapter()
+        try:
+            return {
+                name.replace(".base_layer", ""): tensor.detach().clone()
+                for name, tensor in self.peft_model.get_base_model().state_dict().items()
+                if "lora_" not in name
+            }
+        finally:
+            self.peft_model.unmerge_adapter()
 
 
 def _default_adapter() -> Any:

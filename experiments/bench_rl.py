@@ -1,0 +1,279 @@
+"""Time per GRPO update: openr-gym's GRPO against TRL's ``GRPOTrainer`` on the same model, prompts, reward and
+number of samples, in the same run; plus each one's peak memory.
+
+Each implementation runs in its own subprocess (so peak RSS is its own) with the same thread count:
+
+    python experiments/bench_rl.py --steps 4 --prompts 4 --generations 4 --max-tokens 128 --out runs/bench_rl.json
+
+Same work on both sides: SmolLM2-135M-Instruct (fp32 master weights, bf16 autocast), the same ``--prompts``
+Arithmetic problems per update (levels 1-2, drawn from the same seeds), ``--generations`` samples each at
+temperature 1.0 with at most ``--max-tokens`` new tokens, reward 1/0 from ``rewards.MathJudger``, beta = 0 (no
+reference model), one optimizer step per update, learning rate 1e-6. openr-gym samples the whole solution in one
+engine call (``rollout_mode="episode"``) and feeds it to the env step by step; TRL keeps its defaults otherwise
+(its loss "dapo", gradient checkpointing on). Reported: median seconds per update over updates 2..N (update 1
+warms up), ratio openr / TRL, peak RSS of each process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ENV_ID = "openr/Arithmetic-v0"
+ENV_KWARGS = {"levels": [1, 2]}
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+def _problems(seed: int, steps: int, prompts: int) -> list[Any]:
+    """The problems openr-gym's GRPO draws for ``steps`` updates (same RNG stream as its ``_problem_rng``)."""
+    import gymnasium as gym
+    import numpy as np
+
+    import reasoning_gym  # noqa: F401
+
+    rng = np.random.default_rng(seed)
+    env = gym.make(ENV_ID, **ENV_KWARGS)
+    problems = []
+    for _ in range(steps):
+        for reset_seed in rng.integers(0, 2**31 - 1, size=prompts):
+            env.reset(seed=int(reset_seed))
+            problems.append(env.unwrapped.problem)
+    instruction = env.unwrapped.instruction
+    env.close()
+    return [(instruction, p) for p in problems]
+
+
+def run_openr(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from agents.engines import HFEngine, load_model
+    from agents.rl.callbacks import BaseCallback
+    from agents.rl.grpo import GRPO, GRPOConfig
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model("smollm2-135m-instruct", dtype=torch.float32)
+    loaded_rss = _peak_rss_gb()
+    config = GRPOConfig(
+        seed=args.seed,
+        prompts_per_update=args.prompts,
+        group_size=args.generations,
+        max_new_tokens=args.max_tokens,
+        rollout_mode="episode",
+        temperature=1.0,
+        kl_coef=0.0,
+        learning_rate=1e-6,
+        micro_batch_size=args.prompts * args.generations,
+        max_response_tokens=args.max_tokens + 8,
+        bf16=True,
+        verbose=0,
+    )
+    agent = GRPO(HFEngine(model, tokenizer, num_threads=args.threads), ENV_ID, config, env_kwargs=ENV_KWARGS)
+
+    class Timer(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self.rewards: list[float] = []
+            self.tokens: list[float] = []
+
+        def _on_step(self) -> bool:
+            values = self.agent.logger.name_to_value
+            self.seconds.append(float(values["time/update_seconds"]))
+            self.rewards.append(float(values["rollout/ep_rew_mean"]))
+            self.tokens.append(float(values["rollout/tokens"]))
+            return True
+
+    timer = Timer()
+    agent.learn(args.steps, callback=timer)
+    return {
+        "step_seconds": timer.seconds,
+        "rewards": timer.rewards,
+        "completion_tokens": timer.tokens,
+        "rss_after_load_gb": loaded_rss,
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+def run_trl(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from agents.engines import load_model
+    from rewards import MathJudger
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model("smollm2-135m-instruct", dtype=torch.float32)
+    loaded_rss = _peak_rss_gb()
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"{instruction}\n\n{problem.question}"}],
+            "answer": problem.answer,
+        }
+        for instruction, problem in _problems(args.seed, args.steps, args.prompts)
+    ]
+    judger = MathJudger()
+
+    def outcome_reward(completions, answer, **_: Any) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        return [1.0 if judger.judge(text, ref) else 0.0 for text, ref in zip(texts, answer)]
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        def on_train_begin(self, *_, **__):
+            self.marks.append(time.time())
+
+        def on_step_end(self, *_, **__):
+            self.marks.append(time.time())
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = GRPOConfig(
+            output_dir=output_dir,
+            use_cpu=True,
+            bf16=True,
+            per_device_train_batch_size=args.prompts * args.generations,
+            num_generations=args.generations,
+            max_completion_length=args.max_tokens,
+            temperature=1.0,
+            learning_rate=1e-6,
+            beta=0.0,
+            max_steps=args.steps,
+            logging_steps=1,
+            report_to=[],
+            save_strategy="no",
+            shuffle_dataset=False,
+            seed=args.seed,
+            use_vllm=False,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=outcome_reward,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[timer],
+        )
+        trainer.train()
+        history = trainer.state.log_history
+    seconds = [b - a for a, b in zip(timer.marks, timer.marks[1:])]
+    return {
+        "step_seconds": seconds,
+        "rewards": [float(h["reward"]) for h in history if "reward" in h],
+        "completion_tokens": [
+            float(h["completions/mean_length"]) for h in history if "completions/mean_length" in h
+        ],
+        "rss_after_load_gb": loaded_rss,
+        "peak_rss_gb": _peak_rss_gb(),
+        "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "loss_type": str(config.loss_type),
+    }
+
+
+def _child(impl: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        __file__,
+        "--impl",
+        impl,
+        "--steps",
+        str(args.steps),
+        "--prompts",
+        str(args.prompts),
+        "--generations",
+        str(args.generations),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+    ]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        started = time.time()
+        process = subprocess.run([*command, "--child-out", out.name], text=True, capture_output=True)
+        if process.returncode != 0:
+            return {"error": (process.stderr or process.stdout)[-3000:], "returncode": process.returncode}
+        result = json.loads(Path(out.name).read_text())
+        result["process_seconds"] = time.time() - started
+        return result
+
+
+def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for impl, result in results.items():
+        if "error" in result:
+            summary[impl] = {
+                "error": result["error"].strip().splitlines()[-1] if result["error"].strip() else "?"
+            }
+            continue
+        timed = result["step_seconds"][1:] or result["step_seconds"]
+        summary[impl] = {
+            "median_update_seconds": statistics.median(timed),
+            "peak_rss_gb": result["peak_rss_gb"],
+            "mean_reward": statistics.mean(result["rewards"]) if result["rewards"] else None,
+            "mean_completion_tokens": statistics.mean(result["completion_tokens"])
+            if result["completion_tokens"]
+            else None,
+        }
+    if all("median_update_seconds" in summary.get(impl, {}) for impl in ("openr", "trl")):
+        summary["ratio_openr_over_trl"] = (
+            summary["openr"]["median_update_seconds"] / summary["trl"]["median_update_seconds"]
+        )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--impl", choices=["openr", "trl", "both"], default="both")
+    parser.add_argument("--out", default=None, help="write the JSON report here")
+    parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child_out:
+        result = run_openr(args) if args.impl == "openr" else run_trl(args)
+        Path(args.child_out).write_text(json.dumps(result))
+        return result
+
+    impls = ["openr", "trl"] if args.impl == "both" else [args.impl]
+    results = {}
+    for impl in impls:
+        print(f"running {impl} ...", flush=True)
+        results[impl] = _child(impl, args)
+    report = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("child_out", "impl", "out")},
+        "summary": summarise(results),
+        "raw": results,
+    }
+    print(json.dumps(report["summary"], indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
