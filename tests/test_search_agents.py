@@ -220,3 +220,11 @@ def test_real_engine_same_seed_same_rollouts(env, tiny_engine):
         return [(r["steps"], r["generated_tokens"]) for r in agent.solve_many(env, PROBLEMS[:2])]
 
     assert run(1) == run(1)
+
+
+def test_greedy_predict_is_one_step(env):
+    engine = FakeEngine(perfect)
+    agent = agents.Greedy(engine, env)
+    obs, info = env.reset(options={"problem_id": "L1-2"})
+    assert agent.predict(obs, info) == solution_steps(info["problem"])[0]
+    assert len(engine.calls) == 1
