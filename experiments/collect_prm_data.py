@@ -23,10 +23,18 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["CollectConfig", "collect", "main", "split_steps"]
+__all__ = [
+    "CollectConfig",
+    "build_engine",
+    "collect",
+    "few_shot_messages",
+    "main",
+    "split_steps",
+    "held_out_config",
+]
 
 
 @dataclass
@@ -35,6 +43,9 @@ class CollectConfig:
     """Environment whose problems, instruction and step delimiter are used."""
     levels: list[int] = field(default_factory=lambda: [1, 2])
     """Arithmetic levels (ignored for other envs)."""
+    few_shot: int = 0
+    """Worked examples (problem + solution in the env's step format) given as earlier chat turns; Arithmetic only.
+    A weak policy copies the step format and states its answers far more often with one or two examples."""
     model: str = "smollm2-135m-instruct"
     """Policy that writes the solutions and the rollouts (name, HF id or path)."""
     dtype: str = "auto"
@@ -57,6 +68,13 @@ class CollectConfig:
     max_batch_size: int = 64
     seed: int = 0
     out: str = "runs/prm/data"
+    test_num_problems: int = 0
+    """Also collect a held-out split (``<out>/test``) with the same engine: problems from ``test_problem_seed``."""
+    test_problem_seed: int = 1_000_000
+    test_samples: int = 8
+    """Solutions per held-out problem (the N available to best-of-N)."""
+    test_rollouts: int = 0
+    """Rollouts per prefix on the held-out split (0: only outcome labels; enough for best-of-N)."""
 
 
 def split_steps(text: str, delimiter: str = "\n\n", max_steps: int | None = None) -> list[str]:
@@ -101,6 +119,52 @@ def _problems(config: CollectConfig) -> tuple[list[Any], str, str]:
     return problems, instruction, delimiter
 
 
+def few_shot_messages(
+    instruction: str, levels: Sequence[int], shots: int, delimiter: str = "\n\n"
+) -> list[dict]:
+    """``shots`` worked Arithmetic examples as user / assistant turns (seeds far from the evaluated ones)."""
+    from reasoning_gym.arithmetic import generate_problem
+
+    messages = []
+    for i in range(shots):
+        problem = generate_problem(levels[i % len(levels)], 10_000_000 + i)
+        messages.append({"role": "user", "content": f"{instruction}{delimiter}{problem.question}"})
+        messages.append({"role": "assistant", "content": problem.solution or ""})
+    return messages
+
+
+def step_prompt(engine: Any, shots: list[dict], question: str, steps: Sequence[str], instruction: str) -> Any:
+    """The engine's step prompt, preceded by the few-shot turns when there are any."""
+    if not shots:
+        return engine.step_prompt(question, steps, instruction)
+    from agents.engines.prompting import step_messages
+
+    return shots + step_messages(question, steps, instruction, getattr(engine, "step_delimiter", "\n\n"))
+
+
+def build_engine(config: CollectConfig) -> Any:
+    if config.engine == "vllm":
+        from agents.engines import VLLMEngine
+
+        return VLLMEngine(config.model, dtype=config.dtype, seed=config.seed, enforce_eager=True)
+    from agents.engines import HFEngine
+
+    return HFEngine(config.model, dtype=config.dtype, max_batch_size=config.max_batch_size)
+
+
+def held_out_config(config: CollectConfig) -> CollectConfig:
+    """The held-out split's settings: same policy and sampling, other problems, ``test_*`` sizes."""
+    return replace(
+        config,
+        num_problems=config.test_num_problems,
+        problem_seed=config.test_problem_seed,
+        samples=config.test_samples,
+        rollouts=config.test_rollouts,
+        out=os.path.join(config.out, "test"),
+        test_num_problems=0,
+    )
+
+
 def collect(config: CollectConfig, engine: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run the collection (``engine``: an ``agents.engines`` engine, built from ``config.model`` when None)."""
     from tqdm.auto import tqdm
@@ -110,16 +174,12 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
 
     start = time.time()
     if engine is None:
-        if config.engine == "vllm":
-            from agents.engines import VLLMEngine
-
-            engine = VLLMEngine(config.model, dtype=config.dtype, seed=config.seed, enforce_eager=True)
-        else:
-            from agents.engines import HFEngine
-
-            engine = HFEngine(config.model, dtype=config.dtype, max_batch_size=config.max_batch_size)
+        engine = build_engine(config)
     judger = MathJudger()
     problems, instruction, delimiter = _problems(config)
+    shots = (
+        few_shot_messages(instruction, config.levels, config.few_shot, delimiter) if config.few_shot else []
+    )
     os.makedirs(config.out, exist_ok=True)
     files = {
         name: open(os.path.join(config.out, f"{name}.jsonl"), "w")
@@ -131,7 +191,7 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
     bar = tqdm(total=len(problems), desc="problems", disable=not progress)
     for batch_start in range(0, len(problems), config.problems_per_batch):
         batch = problems[batch_start : batch_start + config.problems_per_batch]
-        prompts = [engine.step_prompt(p.question, [], instruction) for p in batch]
+        prompts = [step_prompt(engine, shots, p.question, [], instruction) for p in batch]
         outs = engine.generate(
             prompts,
             n=config.samples,
@@ -156,9 +216,9 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
                 if key not in prefix_cache and key not in queued:
                     queued.add(key)
                     wanted.append((key, problem, steps[:k]))
-        if wanted:
+        if wanted and config.rollouts > 0:
             rollout_outs = engine.generate(
-                [engine.step_prompt(p.question, prefix, instruction) for _, p, prefix in wanted],
+                [step_prompt(engine, shots, p.question, prefix, instruction) for _, p, prefix in wanted],
                 n=config.rollouts,
                 max_new_tokens=config.rollout_max_new_tokens,
                 temperature=config.temperature,
@@ -178,7 +238,7 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
         for problem, steps, correct, finish_reason in solutions:
             values = []
             for k in range(1, len(steps)):
-                outcomes = prefix_cache[(problem.id, tuple(steps[:k]))] + [correct]
+                outcomes = prefix_cache.get((problem.id, tuple(steps[:k])), []) + [correct]
                 values.append(sum(outcomes) / len(outcomes))
             values.append(1.0 if correct else 0.0)
             hard = [v > 0 for v in values]
@@ -220,6 +280,8 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
         f.close()
     summary = {
         "config": asdict(config),
+        "instruction": instruction,
+        "few_shot_messages": shots,
         "problems": len(problems),
         "solutions": totals["solutions"],
         "sample_accuracy": totals["correct"] / max(1, totals["solutions"]),
@@ -250,8 +312,17 @@ def parse_args(argv: Sequence[str] | None = None) -> CollectConfig:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = parse_args(argv)
-    summary = collect(config)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    engine = build_engine(config)
+    summary = collect(config, engine)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "instruction")}, indent=2))
+    if config.test_num_problems > 0:
+        test_summary = collect(held_out_config(config), engine)
+        print(
+            json.dumps(
+                {k: v for k, v in test_summary.items() if k not in ("config", "instruction")}, indent=2
+            )
+        )
+        summary["test"] = test_summary
     return summary
 
 

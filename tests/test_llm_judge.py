@@ -95,3 +95,56 @@ def test_real_in_process_model_decides_what_the_rule_cannot(smollm2_engine):
         assert again.source == "cache" and again.correct is first.correct
         assert engine.stats.calls == calls + 1
     assert judge.counts["rule"] == 1
+
+
+@pytest.fixture(scope="module")
+def judge_server(smollm2_engine):
+    """A real OpenAI-compatible HTTP server (agents.engines.serve) in front of SmolLM2, on a free port."""
+    import threading
+
+    from agents.engines.serve import make_server
+
+    server = make_server(smollm2_engine, port=0, model_name="judge")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_local_server_judges_over_http(judge_server, smollm2_engine):
+    from agents.engines import OpenAIEngine
+
+    client = OpenAIEngine(judge_server, "judge", max_retries=0, timeout=120)
+    judge = LLMJudge(client, timeout=120)
+    served_before = smollm2_engine.stats.calls
+    v = judge.verdict("The answer is \\boxed{six}.", "6", QUESTION)
+    assert smollm2_engine.stats.calls == served_before + 1  # the request reached the model behind the server
+    assert v.source in ("llm", "fallback")
+    if v.source == "fallback":
+        assert "unreadable" in v.detail
+    # A server too slow for the judge's deadline: rule verdict, on time.
+    hurried = LLMJudge(client, timeout=0.01)
+    start = time.monotonic()
+    v = hurried.verdict("The answer is \\boxed{half a dozen}.", "6", QUESTION)
+    assert v.source == "fallback" and "timed out" in v.detail and time.monotonic() - start < 2
+
+
+def test_real_client_to_a_closed_port_falls_back_fast():
+    pytest.importorskip("transformers")
+    from agents.engines import OpenAIEngine
+
+    client = OpenAIEngine(f"http://127.0.0.1:{_free_port()}/v1", "judge", max_retries=0, timeout=5)
+    judge = LLMJudge(client, timeout=10, retry_after=30)
+    start = time.monotonic()
+    v = judge.verdict("The answer is \\boxed{six}.", "6", QUESTION)
+    assert v.source == "fallback" and v.correct is False and time.monotonic() - start < 10
+    assert judge.verdict("The answer is \\boxed{6}.", "6").source == "rule"

@@ -44,10 +44,13 @@ def test_collect_writes_all_formats_with_consistent_labels(tmp_path):
         max_new_tokens=24,
         rollout_max_new_tokens=8,
         max_steps=3,
+        few_shot=1,
         out=str(tmp_path / "data"),
     )
     summary = collect_prm_data.collect(config, engine=engine, progress=False)
     assert summary["problems"] == 2 and summary["solutions"] == 4
+    shots = summary["few_shot_messages"]
+    assert [m["role"] for m in shots] == ["user", "assistant"] and "\\boxed{" in shots[1]["content"]
     assert 0.0 <= summary["positive_step_fraction_hard"] <= 1.0
     samples = [json.loads(line) for line in open(tmp_path / "data" / "samples.jsonl")]
     assert len(samples) == 4
@@ -60,6 +63,8 @@ def test_collect_writes_all_formats_with_consistent_labels(tmp_path):
     assert [ex.steps for ex in shepherd] == [s["steps"] for s in samples]
     aps = read_examples(tmp_path / "data" / "math_aps.jsonl")
     assert len(aps) == sum(len(s["steps"]) for s in samples)
+    held_out = collect_prm_data.held_out_config(config)
+    assert held_out.out.endswith("test") and held_out.samples == config.test_samples
 
 
 def _synthetic_shepherd(path, n, seed):
