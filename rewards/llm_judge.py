@@ -13,6 +13,7 @@ seconds (one warning, not one per call).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import threading
@@ -40,6 +41,17 @@ DEFAULT_JUDGE_PROMPT = (
 _YES_NO = re.compile(r"\b(yes|no|correct|incorrect|true|false)\b", re.IGNORECASE)
 _POSITIVE = {"yes", "correct", "true"}
 _MAX_TAIL_CHARS = 1000
+_EXIT_DRAIN_SECONDS = 30.0
+_in_flight: set[threading.Thread] = set()
+
+
+@atexit.register
+def _drain_in_flight() -> None:
+    """Give abandoned (timed-out) calls a bounded chance to finish before the interpreter tears down: an
+    in-process model still running in a daemon thread at exit can abort the process."""
+    deadline = time.monotonic() + _EXIT_DRAIN_SECONDS
+    for thread in list(_in_flight):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def parse_yes_no(reply: str) -> bool | None:
@@ -186,8 +198,11 @@ class LLMJudge:
                 box["replies"] = [group[0].text if group else "" for group in out]
             except BaseException as err:  # noqa: BLE001 - any engine failure means "fall back"
                 box["error"] = f"{type(err).__name__}: {err}"
+            finally:
+                _in_flight.discard(threading.current_thread())
 
         worker = threading.Thread(target=call, name="llm-judge", daemon=True)
+        _in_flight.add(worker)
         worker.start()
         worker.join(self.timeout)
         if worker.is_alive():
