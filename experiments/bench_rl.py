@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -246,7 +245,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both (1 avoids OpenMP spin-wait collapse on a shared machine)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--impl", choices=["openr", "trl", "both"], default="both")
     parser.add_argument("--out", default=None, help="write the JSON report here")

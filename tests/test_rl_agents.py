@@ -185,3 +185,17 @@ def test_grpo_and_ppo_run_on_arithmetic_with_step_rewards():
     assert ppo.last_rollout_stats["rollout/ep_len_mean"] <= 2
     result = ppo.evaluate([1, 2], k=2, temperature=1.0)
     assert set(result) == {"accuracy", "pass@2", "answered", "tokens"}
+
+
+def test_reward_wrappers_of_the_env_are_kept():
+    import gymnasium as gym
+
+    from wrappers import StepPenalty
+
+    env = StepPenalty(gym.make("openr/Arithmetic-v0", level=1), penalty=0.25)
+    agent = toy_grpo(tiny_engine(), max_steps=2, max_new_tokens=4)
+    agent.env = env
+    episodes = agent.collect(num_problems=1, group_size=2)
+    for episode in episodes:
+        assert episode.step_rewards and all(r <= -0.25 for r in episode.step_rewards[:-1])
+        assert episode.step_rewards[0] <= -0.25

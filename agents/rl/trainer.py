@@ -81,8 +81,8 @@ def make_vec_env(env: Any, num_envs: int, env_kwargs: Mapping[str, Any] | None =
     spec = getattr(env, "spec", None)
     if spec is None:
         raise ValueError("pass an env id, a registered env (with .spec) or a vector env")
-    kwargs = {**dict(spec.kwargs or {}), **dict(env_kwargs or {})}
-    return gym.make_vec(spec.id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
+    # The spec carries the env's kwargs and its wrapper stack (``additional_wrappers``, e.g. a PRM reward wrapper).
+    return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="sync", **dict(env_kwargs or {}))
 
 
 def _apply_lora(model: Any, config: TrainConfig) -> Any:
