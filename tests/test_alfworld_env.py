@@ -205,3 +205,20 @@ def test_alfworld_data_layout_is_found_by_split(real_game: Path, tmp_path: Path,
     with pytest.raises(ValueError, match="no ALFWorld games"):
         gym.make("openr/ALFWorld-v0", split="valid_unseen")
     env.close()
+
+
+def test_broken_game_file_is_reported_not_exited(real_game: Path, tmp_path: Path) -> None:
+    import json
+
+    game = json.loads((real_game / "game.tw-pddl").read_text())
+    # fast-downward's translator calls sys.exit() on an undeclared predicate
+    game["pddl_problem"] = game["pddl_problem"].replace("(isHot ?o)", "(isWarm ?o)")
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "game.tw-pddl").write_text(json.dumps(game))
+    argv = list(sys.argv)
+    env = gym.make("openr/ALFWorld-v0", game_files=[folder], cache_dir=tmp_path / "cache")
+    with pytest.raises(GameLoadError, match="SystemExit: Undeclared predicate"):
+        env.reset(seed=0)
+    assert sys.argv == argv
+    env.close()
