@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,6 +17,15 @@ from agents.engines.testing import byte_level_tokenizer, tiny_model  # noqa: E40
 
 QUESTION = "What is 12 + 30?"
 INSTRUCTION = "Solve step by step."
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP spin-waits make them 3x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +197,36 @@ def test_bad_input_gives_clear_errors(engine: HFEngine) -> None:
         engine.score(["a", "b"], ["c"])
     with pytest.raises(ValueError, match="tokenizer"):
         HFEngine(tiny_model()[0])
+
+
+def test_decode_loop_matches_model_generate(engine: HFEngine) -> None:
+    reference = HFEngine(engine.model, engine.tokenizer, decoder="generate")
+    prompts = ["Once upon", engine.step_prompt(QUESTION, ["We add the tens."], INSTRUCTION), "The cat"]
+    free = engine.generate(prompts, max_new_tokens=12, temperature=0)
+    stop = free[0][0].text[4:7]
+    for kwargs in ({}, {"stop": [stop, "\n\n"]}):
+        ours = engine.generate(prompts, n=2, max_new_tokens=12, temperature=0, **kwargs)
+        theirs = reference.generate(prompts, n=2, max_new_tokens=12, temperature=0, **kwargs)
+        for mine, other in zip(ours, theirs):
+            for a, b in zip(mine, other):
+                assert (a.text, a.token_ids, a.finish_reason, a.prompt_tokens) == (
+                    b.text,
+                    b.token_ids,
+                    b.finish_reason,
+                    b.prompt_tokens,
+                )
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    sampled = reference.generate(prompts[:1], n=3, max_new_tokens=5, temperature=0.8, top_p=0.9, seed=2)[0]
+    for c in sampled:
+        assert c.logprobs == pytest.approx(
+            engine.score_ids([engine.encode(prompts[0])], [c.token_ids])[0], abs=1e-4
+        )
+
+
+def test_many_samples_split_over_batches() -> None:
+    model, tokenizer = tiny_model(seed=0)
+    small = HFEngine(model, tokenizer, max_batch_size=3)
+    out = small.generate(["Once upon", "The cat"], n=5, max_new_tokens=3, seed=0)
+    assert [len(g) for g in out] == [5, 5]
+    greedy = small.generate(["Once upon", "The cat"], n=4, max_new_tokens=3, temperature=0)
+    assert all(c.token_ids == g[0].token_ids for g in greedy for c in g)

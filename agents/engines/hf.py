@@ -1,9 +1,11 @@
 """In-process transformers engine: the CPU default, and the one an RL trainer shares its weights with.
 
-Generation uses ``model.generate`` (left padding, KV cache) with two small hooks: a logits processor that records
-the log-prob of each sampled token under the raw model (before temperature / top-p), and a stopping criterion that
-ends each sequence as soon as its text contains a stop string, so one long answer does not keep short ones
-generating to ``max_new_tokens``.
+Generation runs its own decode loop over the model's KV cache (``decoder="loop"``, the default): each prompt is
+prefilled once and its cache copied for the ``n`` samples, every sampled token's log-prob under the raw model
+(before temperature / top-p) is kept, and a sequence that hits EOS or a stop string leaves the batch at once (its
+cache rows are dropped), so one long answer does not keep short ones generating, nor cost compute. The
+``decoder="generate"`` path does the same through ``model.generate`` (a logits processor records log-probs, a
+stopping criterion ends sequences) for architectures whose cache the loop cannot slice.
 """
 
 from __future__ import annotations
@@ -76,6 +78,19 @@ class _StopOnStrings:
         return flags
 
 
+def _choose(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Next token per row: argmax at temperature 0, else a sample from the temperature / top-p distribution."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:  # nucleus: keep the smallest set of most likely tokens whose mass reaches top_p
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, num_samples=1).squeeze(-1)
+
+
 @contextmanager
 def _eval_mode(model: Any):
     """Generate in eval mode without disturbing a trainer that shares the model."""
@@ -111,6 +126,8 @@ class HFEngine:
         score_batch_size, chunk_size: scoring batch and positions projected to the vocabulary at once.
         step_delimiter: separator between reasoning steps (``step_prompt``).
         num_threads: torch CPU threads; by default capped at the CPUs this process may use.
+        decoder: ``"loop"`` (own decode loop: shared prefill for the n samples, finished rows leave the batch) or
+            ``"generate"`` (``model.generate``; for caches the loop cannot slice).
     """
 
     def __init__(
@@ -125,6 +142,7 @@ class HFEngine:
         chunk_size: int = 512,
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         num_threads: int | None = None,
+        decoder: str = "loop",
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             model, loaded_tokenizer = load_model(str(model), dtype=dtype, device=device)
@@ -137,6 +155,9 @@ class HFEngine:
         self.score_batch_size = score_batch_size
         self.chunk_size = chunk_size
         self.step_delimiter = step_delimiter
+        if decoder not in {"loop", "generate"}:
+            raise ValueError(f"decoder must be 'loop' or 'generate', got {decoder!r}")
+        self.decoder = decoder
         self.stats = GenerationStats()
         self.eos_token_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
@@ -192,41 +213,156 @@ class HFEngine:
         for ids in encoded:
             if not ids:
                 raise ValueError("empty prompt: give at least one token of context")
-        # One row per (prompt, sample); rows of similar length decode together to limit padding.
-        rows = [(p, s) for p in range(len(encoded)) for s in range(n)]
-        rows.sort(key=lambda row: -len(encoded[row[0]]))
-        results: list[list[Completion | None]] = [[None] * n for _ in encoded]
+        # Work pieces of (prompt, sample count), longest prompts first so similar lengths share a batch.
+        pieces: list[tuple[int, int]] = []
+        for index in sorted(range(len(encoded)), key=lambda i: -len(encoded[i])):
+            for first in range(0, n, self.max_batch_size):
+                pieces.append((index, min(n - first, self.max_batch_size)))
+        results: list[list[Completion]] = [[] for _ in encoded]
         rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
         with rng, _eval_mode(self.model):
             if seed is not None:
                 torch.manual_seed(seed)
-            for start in range(0, len(rows), self.max_batch_size):
-                chunk = rows[start : start + self.max_batch_size]
-                outputs = self._generate_rows(
-                    [encoded[p] for p, _ in chunk], max_new_tokens, temperature, top_p, stops
+            while pieces:
+                chunk, rows = [], 0
+                while pieces and rows + pieces[0][1] <= self.max_batch_size:
+                    rows += pieces[0][1]
+                    chunk.append(pieces.pop(0))
+                decode = self._decode_loop if self.decoder == "loop" else self._generate_rows
+                outputs = decode(
+                    [encoded[p] for p, _ in chunk],
+                    [k for _, k in chunk],
+                    max_new_tokens,
+                    temperature,
+                    top_p,
+                    stops,
                 )
-                for (p, s), completion in zip(chunk, outputs):
-                    results[p][s] = completion
-        completions = [[c for c in group if c is not None] for group in results]
-        self.stats.record(completions)
-        return completions
+                row = 0
+                for p, k in chunk:
+                    results[p].extend(outputs[row : row + k])
+                    row += k
+        self.stats.record(results)
+        return results
 
-    def _generate_rows(
-        self,
-        prompt_ids: list[list[int]],
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        stops: list[str],
-    ) -> list[Completion]:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
+    def _left_padded(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for row, ids in enumerate(prompt_ids):  # left padding: every row's last prompt token is aligned
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention_mask[row, width - len(ids) :] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def _finish(
+        self, tokens: list[int], logprobs: list[float], stops: list[str], prompt_tokens: int
+    ) -> Completion:
+        for position, token in enumerate(tokens):  # anything after the first EOS is padding
+            if token in self.eos_token_ids:
+                tokens, logprobs = tokens[: position + 1], logprobs[: position + 1]
+                break
+        return finish_completion(
+            self._tokenizer,
+            tokens,
+            logprobs,
+            stops=stops,
+            eos_token_ids=self.eos_token_ids,
+            prompt_tokens=prompt_tokens,
+        )
+
+    def _decode_loop(
+        self,
+        prompt_ids: list[list[int]],
+        repeats: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        stops: list[str],
+    ) -> list[Completion]:
+        """Prefill each prompt once, copy its cache rows for its samples, decode; finished rows leave the batch."""
+        from transformers import DynamicCache
+
+        if max_new_tokens == 0:
+            return [
+                Completion("", [], [], "length", len(ids))
+                for ids, k in zip(prompt_ids, repeats)
+                for _ in range(k)
+            ]
+        input_ids, attention_mask = self._left_padded(prompt_ids)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        expand = torch.repeat_interleave(torch.arange(len(prompt_ids)), torch.tensor(repeats)).to(self.device)
+        if len(expand) != len(prompt_ids):  # n samples per prompt: copy the prompt's cache rows
+            cache.batch_select_indices(expand)
+        logits = out.logits[:, -1][expand]
+        attention_mask = attention_mask[expand]
+        next_position = positions[expand, -1] + 1
+        rows = len(expand)
+        prompt_lengths = [len(prompt_ids[i]) for i in expand.tolist()]
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        active = list(range(rows))  # active[i] = the row decoded at batch position i
+        window = max((len(stop) for stop in stops), default=0) + 2
+        for step in range(max_new_tokens):
+            scores = torch.log_softmax(logits.float(), dim=-1)
+            tokens = _choose(logits.float(), temperature, top_p)
+            chosen = scores.gather(-1, tokens[:, None]).squeeze(-1)
+            keep, tails = [], []
+            for position, (row, token, logprob) in enumerate(zip(active, tokens.tolist(), chosen.tolist())):
+                generated[row].append(token)
+                logprobs[row].append(logprob)
+                if token not in self.eos_token_ids:
+                    keep.append(position)
+                    tails.append(generated[row][-window:])
+            if stops and keep:
+                texts = self._tokenizer.batch_decode(tails, skip_special_tokens=True)
+                keep = [p for p, text in zip(keep, texts) if earliest_stop(text, stops) is None]
+            if not keep or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch and their cache rows are freed
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                attention_mask, next_position, tokens = (
+                    attention_mask[index],
+                    next_position[index],
+                    tokens[index],
+                )
+                active = [active[p] for p in keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=attention_mask,
+                position_ids=next_position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
+            next_position = next_position + 1
+        return [self._finish(generated[r], logprobs[r], stops, prompt_lengths[r]) for r in range(rows)]
+
+    def _generate_rows(
+        self,
+        prompt_ids: list[list[int]],
+        repeats: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        stops: list[str],
+    ) -> list[Completion]:
+        """The same through ``model.generate`` (one row per sample; no shared prefill, no row pruning)."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        prompt_ids = [ids for ids, k in zip(prompt_ids, repeats) for _ in range(k)]
+
+        input_ids, attention_mask = self._left_padded(prompt_ids)
+        width = input_ids.shape[1]
         if max_new_tokens == 0:
             return [Completion("", [], [], "length", len(ids)) for ids in prompt_ids]
         greedy = temperature == 0
@@ -242,32 +378,18 @@ class HFEngine:
         recorder = _LogprobRecorder()
         stopper = _StopOnStrings(self._tokenizer, stops, width, len(prompt_ids))
         sequences = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             generation_config=config,
             logits_processor=LogitsProcessorList([recorder]),
             stopping_criteria=StoppingCriteriaList([stopper]),
         )
         generated = sequences[:, width:].cpu()
         logprobs = recorder.finish(sequences)
-        completions = []
-        for row, ids in enumerate(prompt_ids):
-            tokens = generated[row].tolist()
-            for position, token in enumerate(tokens):  # tokens after the first EOS are padding
-                if token in self.eos_token_ids:
-                    tokens = tokens[: position + 1]
-                    break
-            completions.append(
-                finish_completion(
-                    self._tokenizer,
-                    tokens,
-                    logprobs[row, : len(tokens)].tolist(),
-                    stops=stops,
-                    eos_token_ids=self.eos_token_ids,
-                    prompt_tokens=len(ids),
-                )
-            )
-        return completions
+        return [
+            self._finish(generated[row].tolist(), logprobs[row].tolist(), stops, len(ids))
+            for row, ids in enumerate(prompt_ids)
+        ]
 
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[list[float]]:
