@@ -22,8 +22,13 @@ def test_bench_runs_and_reports_identical_traces_and_a_perfect_planner(tmp_path:
             "1",
             "--walk-steps",
             "3",
+            "--skip-real",
+            "--repeats",
+            "1",
             "--expert-games",
             "6",
+            "--experts",
+            "planner",
             "--no-policy",
             "--out",
             str(tmp_path),
@@ -35,3 +40,4 @@ def test_bench_runs_and_reports_identical_traces_and_a_perfect_planner(tmp_path:
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["speed_summary"]["steps"] == results["speed_summary"]["steps"]
     assert "| planner | 6 | 100.0% |" in (tmp_path / "results.md").read_text()
+    assert "handcoded" not in results["experts"]
