@@ -91,14 +91,16 @@ def _stock_walk(game_file: str, commands: list[str]):
         stock = make_textworld_env(fast=False)
         t0 = time.perf_counter()
         stock.load(game_file)
-        state = stock.reset()
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state = stock.reset()  # stock resets re-translate the PDDL every time: the first reset is typical
         reset_s = time.perf_counter() - t0
         trace = [(state.feedback, state["admissible_commands"])]
         t0 = time.perf_counter()
         for command in commands:
             state, _, _ = stock.step(command)
             trace.append((state.feedback, state["admissible_commands"]))
-        return reset_s, time.perf_counter() - t0, trace
+        return load_s, reset_s, time.perf_counter() - t0, trace
 
 
 def bench_speed(games: list[tuple[str, dict]], walk_steps: int, seed: int, repeats: int = 2) -> list[dict]:
@@ -112,12 +114,13 @@ def bench_speed(games: list[tuple[str, dict]], walk_steps: int, seed: int, repea
         ours_first_reset = time.perf_counter() - t0
         ours_reset, ours_steps, commands, ours_trace = _ours_walk(env, options, None, walk_steps, seed)
         game_file = str(env.game_file)
-        stock_reset, stock_steps, stock_trace = _stock_walk(game_file, commands)
+        stock_load, stock_reset, stock_steps, stock_trace = _stock_walk(game_file, commands)
         identical = _strip_banner(stock_trace) == _strip_banner(ours_trace)
         for _ in range(repeats - 1):
             reset_s, steps_s, _, _ = _ours_walk(env, options, commands, walk_steps, seed)
             ours_reset, ours_steps = min(ours_reset, reset_s), min(ours_steps, steps_s)
-            reset_s, steps_s, _ = _stock_walk(game_file, commands)
+            load_s, reset_s, steps_s, _ = _stock_walk(game_file, commands)
+            stock_load = min(stock_load, load_s)
             stock_reset, stock_steps = min(stock_reset, reset_s), min(stock_steps, steps_s)
         env.close()
         rows.append(
@@ -127,10 +130,11 @@ def bench_speed(games: list[tuple[str, dict]], walk_steps: int, seed: int, repea
                 "stock_steps_per_s": len(commands) / stock_steps,
                 "ours_steps_per_s": len(commands) / ours_steps,
                 "step_speedup": stock_steps / ours_steps,
-                "stock_load_reset_s": stock_reset,
+                "stock_load_s": stock_load,
+                "stock_reset_s": stock_reset,
                 "ours_first_reset_s": ours_first_reset,
                 "ours_reset_s": ours_reset,
-                "reset_speedup": stock_reset / ours_reset,
+                "reset_speedup": stock_reset / ours_reset,  # a reset of an already loaded game
                 "identical_trace": identical,
             }
         )
@@ -236,19 +240,19 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
 def _markdown(results: dict[str, Any]) -> str:
     lines = ["## Speed (same games, same commands, same process)", ""]
     lines.append(
-        "| game | steps | stock steps/s | ours steps/s | x | stock load+reset s | ours 1st reset s | ours reset s | x | identical |"
+        "| game | steps | stock steps/s | ours steps/s | x | stock load s | stock reset s | ours 1st reset s | ours reset s | x | identical |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["speed"]:
         lines.append(
             f"| {r['game']} | {r['steps']} | {r['stock_steps_per_s']:.1f} | {r['ours_steps_per_s']:.1f} | "
-            f"{r['step_speedup']:.1f} | {r['stock_load_reset_s']:.2f} | {r['ours_first_reset_s']:.3f} | "
+            f"{r['step_speedup']:.1f} | {r['stock_load_s']:.2f} | {r['stock_reset_s']:.2f} | {r['ours_first_reset_s']:.3f} | "
             f"{r['ours_reset_s']:.3f} | {r['reset_speedup']:.0f} | {r['identical_trace']} |"
         )
     s = results["speed_summary"]
     lines.append(
         f"| **all** | {s['steps']} | {s['stock_steps_per_s']:.1f} | {s['ours_steps_per_s']:.1f} | "
-        f"**{s['step_speedup']:.1f}** | {s['stock_load_reset_s_median']:.2f} | | {s['ours_reset_s_median']:.3f} | "
+        f"**{s['step_speedup']:.1f}** | | {s['stock_reset_s_median']:.2f} | | {s['ours_reset_s_median']:.3f} | "
         f"**{s['reset_speedup']:.0f}** | {s['all_identical']} |"
     )
     if results.get("experts"):
@@ -327,9 +331,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stock_steps_per_s": total_steps / stock_time,
         "ours_steps_per_s": total_steps / ours_time,
         "step_speedup": stock_time / ours_time,
-        "stock_load_reset_s_median": statistics.median(r["stock_load_reset_s"] for r in speed),
+        "stock_reset_s_median": statistics.median(r["stock_reset_s"] for r in speed),
         "ours_reset_s_median": statistics.median(r["ours_reset_s"] for r in speed),
-        "reset_speedup": statistics.median(r["stock_load_reset_s"] for r in speed)
+        "reset_speedup": statistics.median(r["stock_reset_s"] for r in speed)
         / statistics.median(r["ours_reset_s"] for r in speed),
         "all_identical": all(r["identical_trace"] for r in speed),
     }
