@@ -228,3 +228,16 @@ def test_greedy_predict_is_one_step(env):
     obs, info = env.reset(options={"problem_id": "L1-2"})
     assert agent.predict(obs, info) == solution_steps(info["problem"])[0]
     assert len(engine.calls) == 1
+
+
+def test_mcts_rollout_values(env):
+    """Rollout leaf values: without a PRM the env's outcome steers MCTS away from the confident wrong step."""
+    agent = agents.MCTS(FakeEngine(perfect), env, num_simulations=3, num_expansions=2, leaf_value="rollout")
+    assert all(r["correct"] for r in agent.solve_many(env, PROBLEMS))
+    engine = FakeEngine(first_sample_wrong)
+    agent = agents.MCTS(
+        engine, env, num_simulations=4, num_expansions=2, leaf_value="rollout", selection="most_visited"
+    )
+    assert all(r["correct"] for r in agent.solve_many(env, PROBLEMS))
+    with pytest.raises(ValueError, match="leaf_value"):
+        agents.MCTS(engine, env, leaf_value="nope").solve_many(env, PROBLEMS[:1])

@@ -3,7 +3,10 @@ a PRM / value model (or the policy's likelihood), backup, and a simulation budge
 
 Batched: each wave selects one leaf per problem tree, expands all of them in one engine call (K samples each) and
 scores all new children in one PRM call. Every new child counts as one evaluated visit; its value is backed up to
-the root. The answer is chosen among the finished nodes the search found (``config.selection``), or, when none
+the root. With ``leaf_value="rollout"`` each new child is instead finished by a greedy rollout (all rollouts of a
+wave advance together, one engine call per step) and valued by the PRM's last-step score of the finished
+rollout, or without a PRM by the env's outcome reward (the game's win in ALFWorld; for math that reward uses the
+reference answer, so treat it as an oracle, e.g. for collecting training data). The answer is chosen among the finished nodes the search found (``config.selection``), or, when none
 finished, by following the most visited path and completing it greedily.
 """
 
@@ -28,6 +31,8 @@ class MCTSConfig(SearchConfig):
     """Candidate steps sampled when a leaf is expanded (K); duplicates merge into one child."""
     c_puct: float = 1.0
     """Exploration weight in PUCT."""
+    leaf_value: str = "value"
+    """``"value"``: the PRM (or likelihood) score of the new node; ``"rollout"``: finish it greedily and score that."""
 
 
 class MCTS(SearchAgent):
@@ -40,7 +45,10 @@ class MCTS(SearchAgent):
         cfg = self.config
         if cfg.num_simulations < 1 or cfg.num_expansions < 1:
             raise ValueError("num_simulations and num_expansions must be >= 1")
+        if cfg.leaf_value not in ("value", "rollout"):
+            raise ValueError(f"leaf_value must be 'value' or 'rollout', got {cfg.leaf_value!r}")
         simulations = [0] * len(roots)
+        rollouts: list[list[Node]] = [[] for _ in roots]
         while any(s < cfg.num_simulations for s in simulations):
             leaves = []
             for p, root in enumerate(roots):
@@ -56,14 +64,31 @@ class MCTS(SearchAgent):
                 continue
             children = expander.expand(leaves, n=cfg.num_expansions, temperature=cfg.temperature)
             self.value.evaluate([c for kids in children for c in kids], expander.ledgers)
+            if cfg.leaf_value == "rollout":
+                self._rollout([c for kids in children for c in kids], expander, rollouts)
             for leaf, kids in zip(leaves, children):
                 for child in kids:
                     child.visits, child.value_sum = 1, float(child.value or 0.0)
                 backup(leaf, sum(child.value_sum for child in kids), visits=len(kids))
-        return self._answers(expander, roots)
+        return self._answers(expander, roots, rollouts)
 
-    def _answers(self, expander: Expander, roots: list[Node]) -> list[tuple[Node, list[Node]]]:
-        candidates = [[n for n in root.iter_subtree() if n.done] for root in roots]
+    def _rollout(self, nodes: list[Node], expander: Expander, rollouts: list[list[Node]]) -> None:
+        """Value ``nodes`` by greedy rollouts; finished rollouts become answer candidates, not tree nodes."""
+        fresh = [node for node in nodes if not node.done]
+        ends = expander.complete(fresh, temperature=0.0)
+        self.value.evaluate([end for end in ends if end.path_tokens], expander.ledgers)
+        for node, end in zip(fresh, ends):
+            node.children = []  # the rollout chain stays reachable from ``end`` only
+            rollouts[end.problem].append(end)
+        for node, end in [*zip(fresh, ends), *((n, n) for n in nodes if n.done)]:
+            node.value = float(end.value or 0.0) if self.prm is not None else end.return_
+
+    def _answers(
+        self, expander: Expander, roots: list[Node], rollouts: list[list[Node]]
+    ) -> list[tuple[Node, list[Node]]]:
+        candidates = [
+            [n for n in root.iter_subtree() if n.done] + ends for root, ends in zip(roots, rollouts)
+        ]
         use_visits = self.selection_rule == "most_visited"
         pending = [p for p, found in enumerate(candidates) if use_visits or not found]
         if pending:
