@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pass-k", type=int, default=8, help="k for pass@k in --eval-only")
     parser.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature for pass@k")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all allowed CPUs)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     args = parser.parse_args(argv)
 
     import torch
@@ -203,7 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         seeds = held_out_seeds(args.eval_problems)
         evaluator = EvalCallback(seeds, eval_freq=args.eval_every or 10**9) if args.eval_problems else None
-        agent.learn(args.steps, callback=[evaluator] if evaluator else None)
+        callbacks: list[Any] = [evaluator] if evaluator else []
+        if args.max_minutes:
+            deadline = started + 60 * args.max_minutes
+            callbacks.append(lambda locals_, globals_: time.time() < deadline)
+        agent.learn(args.steps, callback=callbacks or None)
         if evaluator:
             if not evaluator.history or evaluator.history[-1][0] != agent.num_timesteps:
                 evaluator.num_timesteps = agent.num_timesteps
