@@ -218,6 +218,7 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
             invalid += int(info["invalid"])
             won[i] = won[i] or bool(info["won"])
             done[i] = terminated or truncated
+        print(f"  policy step {steps} ({sum(done)}/{num_games} episodes over, {sum(won)} won)", flush=True)
     result = {
         "model": model,
         "games": num_games,
