@@ -62,6 +62,8 @@ class BenchConfig:
     """Model dtype for every backend (auto = bf16 where the CPU runs it fast)."""
     vllm_eager: bool = False
     """vLLM without graph compilation (faster start-up, slower decoding)."""
+    threads: int = 0
+    """torch threads for the transformers engine (0 = its default: the CPUs this process may use)."""
     seed: int = 0
 
 
@@ -167,12 +169,12 @@ def _direct_vllm(engine: Any, prompts: list[str], max_new_tokens: int) -> tuple[
 
 def run_backend(backend: str, config: BenchConfig) -> dict[str, Any]:
     """All measurements for one backend, in this process (``main`` runs each in a fresh subprocess)."""
-    result: dict[str, Any] = {"backend": backend}
+    result: dict[str, Any] = {"backend": backend, "load_average_before": os.getloadavg()}
     start = time.perf_counter()
     if backend == "hf":
         from agents.engines import HFEngine
 
-        engine: Any = HFEngine(config.model, dtype=config.dtype)
+        engine: Any = HFEngine(config.model, dtype=config.dtype, num_threads=config.threads or None)
         result["dtype"] = str(engine.model.dtype)
         direct = _direct_hf
     elif backend == "vllm":
@@ -248,6 +250,7 @@ def run_backend(backend: str, config: BenchConfig) -> dict[str, Any]:
     result["shared_prefix"] = prefix
     print(f"[{backend}] shared prefix speedup {prefix['speedup']:.2f}x", file=sys.stderr, flush=True)
     result["peak_rss_mb"] = {**_peak_rss_mb(), "children_now": _child_rss_mb()}
+    result["load_average_after"] = os.getloadavg()
     if hasattr(engine, "close"):
         engine.close()
     return result
@@ -302,6 +305,7 @@ def _print_table(results: dict[str, Any]) -> None:
         table.add_row(label, *values, *([""] * extra))
 
     add("start-up s", [f"{b['startup_s']:.1f}" for b in backends.values()])
+    add("load average (1 min) before", [f"{b['load_average_before'][0]:.1f}" for b in backends.values()])
     add(
         "peak RSS MB (main / child)",
         [
