@@ -203,6 +203,7 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
     done = [False] * num_games
     won = [False] * num_games
     invalid = steps = 0
+    examples: list[str] = []
     t0 = time.perf_counter()
     while not all(done):
         live = [i for i in range(num_games) if not done[i]]
@@ -213,6 +214,8 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
         ]
         outs = engine.generate(prompts, n=1, max_new_tokens=16, temperature=0.0, stop=["\n"])
         for i, completions in zip(live, outs):
+            if len(examples) < 8:
+                examples.append(completions[0].text)
             obs[i], _, terminated, truncated, info = envs[i].step(completions[0].text.strip())
             steps += 1
             invalid += int(info["invalid"])
@@ -228,6 +231,7 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
         "steps": steps,
         "model_load_s": load_s,
         "seconds": time.perf_counter() - t0,
+        "example_outputs": examples,
     }
     for env in envs:
         env.close()
