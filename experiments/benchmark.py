@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import reasoning_gym  # noqa: F401  (registers openr/*)
     from agents.base import set_global_seed
 
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 160)  # logs keep the table's full width
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or Path("runs") / "benchmark" / f"{args.env.split('/')[-1]}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
