@@ -132,8 +132,11 @@ def plot_progress(csv_path: Path, png_path: Path, title: str = "") -> Path | Non
         ("losses", ["train/policy_loss", "train/value_loss", "train/loss"]),
         ("entropy / clip fraction", ["train/entropy", "train/clip_fraction"]),
     ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-    for axis, (name, keys) in zip(axes, panels):
+    panels = [(name, keys) for name, keys in panels if any(series(key)[0] for key in keys)]
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for axis, (name, keys) in zip(axes[0], panels):
         for key in keys:
             xs, ys = series(key)
             if xs:
