@@ -241,3 +241,30 @@ def test_mcts_rollout_values(env):
     assert all(r["correct"] for r in agent.solve_many(env, PROBLEMS))
     with pytest.raises(ValueError, match="leaf_value"):
         agents.MCTS(engine, env, leaf_value="nope").solve_many(env, PROBLEMS[:1])
+
+
+class CountingPRM:
+    """Counts calls into a real PRM."""
+
+    def __init__(self, prm) -> None:
+        self.prm, self.calls = prm, 0
+
+    def score(self, questions, step_lists):
+        self.calls += 1
+        return self.prm.score(questions, step_lists)
+
+
+def test_real_prm_guides_beam_search_and_mcts(env, tiny_engine, tmp_path):
+    from agents.engines.testing import save_tiny_model
+    from rewards.prm import load_prm
+
+    prm = CountingPRM(load_prm(save_tiny_model(tmp_path / "prm", seed=1)))
+    for name in ("BeamSearch", "MCTS"):
+        prm.calls, calls_before = 0, tiny_engine.stats.calls
+        agent = getattr(agents, name)(
+            tiny_engine, env, prm=prm, max_steps=2, max_new_tokens=4, **REAL_CONFIGS[name]
+        )
+        results = agent.solve_many(env, PROBLEMS[:2])
+        engine_calls = tiny_engine.stats.calls - calls_before
+        assert 1 <= prm.calls <= engine_calls, name  # one PRM call per expansion wave at most
+        assert all(r["prm_calls"] >= 1 for r in results)
