@@ -54,6 +54,14 @@ def _problems(seed: int, steps: int, prompts: int) -> list[Any]:
     return [(instruction, p) for p in problems]
 
 
+def _prefer_as_oom_victim() -> None:
+    """On a shared machine, let the kernel kill this benchmark before a long training run if memory runs out."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("500")
+    except OSError:
+        pass
+
+
 def run_openr(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -73,7 +81,7 @@ def run_openr(args: argparse.Namespace) -> dict[str, Any]:
         temperature=1.0,
         kl_coef=0.0,
         learning_rate=1e-6,
-        micro_batch_size=args.prompts * args.generations,
+        micro_batch_size=args.micro_batch_size,
         max_response_tokens=args.max_tokens + 8,
         bf16=True,
         verbose=0,
@@ -202,6 +210,8 @@ def _child(impl: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.threads),
         "--seed",
         str(args.seed),
+        "--micro-batch-size",
+        str(args.micro_batch_size),
     ]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         started = time.time()
@@ -252,30 +262,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="torch threads for both (1 avoids OpenMP spin-wait collapse on a shared machine)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=8, help="openr-gym sequences per forward/backward"
+    )
     parser.add_argument("--impl", choices=["openr", "trl", "both"], default="both")
     parser.add_argument("--out", default=None, help="write the JSON report here")
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child_out:
+        _prefer_as_oom_victim()
         result = run_openr(args) if args.impl == "openr" else run_trl(args)
         Path(args.child_out).write_text(json.dumps(result))
         return result
 
     impls = ["openr", "trl"] if args.impl == "both" else [args.impl]
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
+    report: dict[str, Any] = {}
     for impl in impls:
         print(f"running {impl} ...", flush=True)
         results[impl] = _child(impl, args)
-    report = {
-        "settings": {k: v for k, v in vars(args).items() if k not in ("child_out", "impl", "out")},
-        "summary": summarise(results),
-        "raw": results,
-    }
+        report = {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("child_out", "impl", "out")},
+            "summary": summarise(results),
+            "raw": results,
+        }
+        if args.out:  # written after each implementation, so a later failure keeps the earlier result
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report["summary"], indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
     return report
 
 
