@@ -373,9 +373,15 @@ def _goal_text(rng: random.Random, task_type: str, params: dict) -> str:
     )
 
 
+@functools.cache
+def _validator() -> Any:
+    """One TextWorld env per process for validation: each new env maps its own 34 MB copy of fast-downward."""
+    return make_textworld_env(fast=True)
+
+
 def _validated_plan(game: dict) -> list[str]:
     """The planner's plan if it exists and replaying it wins from the start (else :class:`GameLoadError`)."""
-    env = make_textworld_env(fast=True)
+    env = _validator()
     env.load(game)
     state = env.reset()
     if state["won"]:
