@@ -58,6 +58,18 @@ class FakeSolutionEngine:
         return out
 
 
+@pytest.fixture(scope="module")
+def tiny_engine():
+    """A tiny random model on one thread (restored afterwards)."""
+    torch = pytest.importorskip("torch")
+    from agents.engines import HFEngine
+    from agents.engines.testing import tiny_model
+
+    threads = torch.get_num_threads()
+    yield HFEngine(*tiny_model(seed=0), num_threads=1)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def env():
     environment = gym.make("openr/Arithmetic-v0", level=1)
@@ -76,13 +88,8 @@ def test_solve_runs_the_predict_loop(env):
     assert result["prompt_tokens"] == 10 * len(result["steps"])
 
 
-def test_solve_with_the_real_engine(env):
-    pytest.importorskip("transformers")
-    from agents.engines import HFEngine
-    from agents.engines.testing import tiny_model
-
-    engine = HFEngine(*tiny_model(seed=0))
-    result = StepByStep(engine, env, max_steps=2, max_new_tokens=5).solve(options={"problem_id": "L1-3"})
+def test_solve_with_the_real_engine(env, tiny_engine):
+    result = StepByStep(tiny_engine, env, max_steps=2, max_new_tokens=5).solve(options={"problem_id": "L1-3"})
     assert 1 <= len(result["steps"]) <= 2 and result["engine_calls"] == len(result["steps"])
     assert result["generated_tokens"] > 0 and result["prompt_tokens"] > 0
 
@@ -126,14 +133,9 @@ def test_adapter_reads_the_env_and_cuts_actions(env):
         StepAdapter(step_delimiter="")
 
 
-def test_adapter_renders_other_delimiters_itself():
-    pytest.importorskip("transformers")
-    from agents.engines import HFEngine
-    from agents.engines.testing import tiny_model
-
-    engine = HFEngine(*tiny_model(seed=0))
+def test_adapter_renders_other_delimiters_itself(tiny_engine):
     adapter = StepAdapter(instruction="Play.", step_delimiter="\n")
-    prompt = adapter.prompt(engine, {"problem": "goal", "steps": ["go north", "take key"]})
+    prompt = adapter.prompt(tiny_engine, {"problem": "goal", "steps": ["go north", "take key"]})
     assert prompt.endswith("go north\ntake key\n")
 
 

@@ -185,12 +185,15 @@ def test_solve_with_the_base_loop(env):
 
 @pytest.fixture(scope="module")
 def tiny_engine():
-    pytest.importorskip("transformers")
+    """One thread (a tiny model gains nothing from two, and a busy machine loses a lot); restored afterwards."""
+    torch = pytest.importorskip("torch")
     from agents.engines import HFEngine
     from agents.engines.testing import tiny_model
 
+    threads = torch.get_num_threads()
     model, tokenizer = tiny_model(seed=0)
-    return HFEngine(model, tokenizer)
+    yield HFEngine(model, tokenizer, num_threads=1)
+    torch.set_num_threads(threads)
 
 
 REAL_CONFIGS = {

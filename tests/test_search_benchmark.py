@@ -18,15 +18,21 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_benchmark_writes_table_json_tensorboard_and_plot(tiny_folder, tmp_path, capsys):
+    import torch
+
     from experiments.benchmark import main
 
     out = tmp_path / "bench"
-    summary = main(
-        [
-            "--model", str(tiny_folder), "--dtype", "float32", "--num-problems", "2", "--budgets", "1,2",
-            "--max-steps", "1", "--max-new-tokens", "2", "--out", str(out), "--no-progress",
-        ]
-    )  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        summary = main(
+            [
+                "--model", str(tiny_folder), "--dtype", "float32", "--num-problems", "2", "--budgets", "1,2",
+                "--max-steps", "1", "--max-new-tokens", "2", "--out", str(out), "--no-progress", "--threads", "1",
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     rows = summary["rows"]
     assert [(r["agent"], r["budget"]) for r in rows] == [
         ("greedy", 1),
