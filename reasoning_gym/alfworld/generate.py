@@ -49,7 +49,8 @@ TASK_TYPES = (
 )
 # ALFRED's valid_unseen rooms (one per room type): generated "valid_unseen" games use only these, "train" never does.
 HELD_OUT_SCENES = (10, 219, 308, 424)
-_SPLIT_SEED_BASE = {"train": 0, "valid_seen": 1_000_000, "valid_unseen": 2_000_000}
+# Splits draw from different random streams (the split name is part of every seed string).
+_SPLITS = ("train", "valid_seen", "valid_unseen")
 _APPLIANCE = {
     "pick_clean_then_place_in_recep": "SinkBasin",
     "pick_heat_then_place_in_recep": "Microwave",
@@ -400,8 +401,8 @@ def _validated_plan(game: dict) -> list[str]:
 
 def generate_game(seed: int, split: str = "train") -> GeneratedGame:
     """The game for ``seed`` in ``split`` (deterministic; planner-validated). Raises ``GameLoadError`` if none."""
-    if split not in _SPLIT_SEED_BASE:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_SEED_BASE)}")
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLITS)}")
     task_type = TASK_TYPES[seed % len(TASK_TYPES)]
     c = _constants()
     valid_rooms = c.GOALS_VALID[task_type]
@@ -458,3 +459,25 @@ def ensure_generated_game(cache_dir: str | os.PathLike, seed: int, split: str = 
         tmp.write_text(json.dumps(payload))
         tmp.replace(folder / filename)
     return game_file
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Pre-generate games into the cache: ``python -m reasoning_gym.alfworld.generate --num-games 300``."""
+    import argparse
+
+    from reasoning_gym.alfworld.games import default_cache_dir
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--split", default="train", choices=sorted(_SPLITS))
+    parser.add_argument("--num-games", type=int, default=300)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None, help="default: ~/.cache/openr-gym/alfworld")
+    args = parser.parse_args(argv)
+    cache_dir = args.cache_dir or default_cache_dir()
+    for seed in range(args.first_seed, args.first_seed + args.num_games):
+        path = ensure_generated_game(cache_dir, seed, args.split)
+        print(path, flush=True)
+
+
+if __name__ == "__main__":
+    main()
