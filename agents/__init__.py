@@ -14,6 +14,7 @@ _LAZY: dict[str, str] = {
     "Agent": "agents.base:Agent",
     "AgentConfig": "agents.base:AgentConfig",
     "StepAdapter": "agents.adapters:StepAdapter",
+    "TextGameAdapter": "agents.adapters:TextGameAdapter",
     "Greedy": "agents.search.greedy:Greedy",
     "BestOfN": "agents.search.best_of_n:BestOfN",
     "BeamSearch": "agents.search.beam_search:BeamSearch",

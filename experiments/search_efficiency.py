@@ -47,7 +47,11 @@ def run(args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list
     from agents.engines import VLLMEngine
 
     engine = VLLMEngine(
-        args.model, seed=args.seed, enable_prefix_caching=prefix_caching, enforce_eager=args.eager
+        args.model,
+        seed=args.seed,
+        enable_prefix_caching=prefix_caching,
+        enforce_eager=args.eager,
+        in_process=True,  # no engine-core RPC: a busy machine made the multiprocess engine time out
     )
     rows = []
     try:
