@@ -222,3 +222,34 @@ def test_broken_game_file_is_reported_not_exited(real_game: Path, tmp_path: Path
         env.reset(seed=0)
     assert sys.argv == argv
     env.close()
+
+
+def test_long_histories_are_elided_within_the_observation_space(real_game: Path) -> None:
+    env = gym.make(
+        "openr/ALFWorld-v0", game_files=[real_game], max_observation_chars=3500, max_episode_steps=60
+    )
+    obs, _ = env.reset(seed=0)
+    for index in range(40):
+        obs, _, _, truncated, info = env.step(f"think: thought number {index} " + "hmm " * 30)
+    assert len(obs) <= 3500 and obs in env.observation_space
+    assert "earlier steps omitted" in obs and "thought number 39" in obs
+    assert "Your task is to: heat some potato" in obs and not truncated
+    env.close()
+
+
+def test_truncation_comes_from_max_episode_steps(real_game: Path) -> None:
+    env = gym.make("openr/ALFWorld-v0", game_files=[real_game], max_episode_steps=2)
+    env.reset(seed=0)
+    assert env.step("look")[3] is False
+    _, reward, terminated, truncated, _ = env.step("look")
+    assert truncated and not terminated and reward == 0.0
+    env.close()
+
+
+def test_sync_vector_env_steps_text_actions(real_game: Path) -> None:
+    envs = gym.make_vec("openr/ALFWorld-v0", num_envs=2, vectorization_mode="sync", game_files=[real_game])
+    obs, info = envs.reset(seed=0)
+    assert len(obs) == 2 and all("Your task is to" in o for o in obs)
+    obs, reward, terminated, truncated, info = envs.step(["go to countertop 2", "think: first find a potato"])
+    assert list(info["invalid"]) == [False, False] and "You arrive at countertop 2" in obs[0]
+    envs.close()
