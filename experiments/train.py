@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pass-k", type=int, default=8, help="k for pass@k in --eval-only")
     parser.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature for pass@k")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all allowed CPUs)")
+    parser.add_argument(
+        "--skip-initial-eval", action="store_true", help="no held-out evaluation before training"
+    )
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     args = parser.parse_args(argv)
 
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         seeds = held_out_seeds(args.eval_problems)
         evaluator = EvalCallback(seeds, eval_freq=args.eval_every or 10**9) if args.eval_problems else None
+        if evaluator and args.skip_initial_eval:
+            evaluator.evaluate_at_start = False
         callbacks: list[Any] = [evaluator] if evaluator else []
         if args.max_minutes:
             deadline = started + 60 * args.max_minutes
@@ -218,8 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 evaluator._evaluate()
                 agent.logger.dump(step=agent.num_timesteps)
             results["eval"] = [{"updates": step, **metrics} for step, metrics in evaluator.history]
-            before, after = evaluator.history[0][1], evaluator.history[-1][1]
-            print(f"held-out accuracy: {before['accuracy']:.3f} -> {after['accuracy']:.3f}", flush=True)
+            print(f"held-out accuracy: {[round(m['accuracy'], 3) for _, m in evaluator.history]}", flush=True)
         if args.save:
             agent.save(args.save)
         if log_dir:

@@ -158,6 +158,7 @@ class EvalCallback(BaseCallback):
         self.problems = list(problems)
         self.eval_freq = eval_freq
         self.evaluate_kwargs = evaluate_kwargs
+        self.evaluate_at_start = True
         self.history: list[tuple[int, dict[str, float]]] = []
 
     def _evaluate(self) -> None:
@@ -168,7 +169,7 @@ class EvalCallback(BaseCallback):
         self.logger.record("time/updates", self.num_timesteps)
 
     def _on_training_start(self) -> None:
-        if self.num_timesteps == 0:
+        if self.num_timesteps == 0 and self.evaluate_at_start:
             self._evaluate()
             self.logger.dump(step=0)
 
