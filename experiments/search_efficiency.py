@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(
             f"{row['agent']:12s} {'on' if row['prefix_caching'] else 'off':>7s} {row['prompt_tokens']:14.0f}"
             f" {row['full_prompt_tokens']:10.0f} {row['prompt_reuse_ratio']:14.2f} {row['seconds']:7.1f}"
+            f"  (a perfect prefix cache: {row['ideal_reuse_ratio']:.2f})"
         )
     for key in dict.fromkeys(row["agent"] for row in rows):
         on = next(r for r in rows if r["agent"] == key and r["prefix_caching"])

@@ -271,3 +271,12 @@ def test_real_prm_guides_beam_search_and_mcts(env, tiny_engine, tmp_path):
         engine_calls = tiny_engine.stats.calls - calls_before
         assert 1 <= prm.calls <= engine_calls, name  # one PRM call per expansion wave at most
         assert all(r["prm_calls"] >= 1 for r in results)
+
+
+def test_prompt_token_accounting(env):
+    """full = every prompt whole; ideal = each prompt minus its parent's prompt (what a prefix cache can skip)."""
+    engine = FakeEngine(perfect)
+    [result] = agents.BeamSearch(engine, env, beam_width=1, num_expansions=1).solve_many(env, PROBLEMS[:1])
+    assert result["prompt_tokens"] == result["full_prompt_tokens"]  # FakeEngine re-processes everything
+    assert 0 < result["ideal_prompt_tokens"] < result["full_prompt_tokens"]
+    assert result["engine_calls"] == len(result["steps"])

@@ -144,6 +144,7 @@ class SearchAgent(Agent):
             prompt_tokens=ledger.prompt_tokens,
             engine_calls=ledger.engine_calls,
             full_prompt_tokens=ledger.full_prompt_tokens,
+            ideal_prompt_tokens=ledger.ideal_prompt_tokens,
             prm_calls=ledger.prm_calls,
             wall_time=ledger.wall_time,
             problem_id=chosen.info.get("problem_id"),

@@ -28,6 +28,8 @@ class Ledger:
     """Prompt tokens the engine reports it processed (after prefix / KV reuse)."""
     full_prompt_tokens: int = 0
     """Prompt tokens if every request re-sent its whole prompt (no reuse): the baseline for the reuse ratio."""
+    ideal_prompt_tokens: int = 0
+    """Prompt tokens a perfect prefix cache would process: each prompt minus its parent's (already sent) prompt."""
     engine_calls: int = 0
     """Engine calls this problem took part in (a call is shared by every problem in the batch)."""
     prm_calls: int = 0
@@ -136,7 +138,11 @@ class Expander:
             ledger = self.ledgers[node.problem]
             ledger.generated_tokens += sum(len(c.token_ids) for c in group)
             ledger.prompt_tokens += group[0].prompt_tokens if group else 0
-            ledger.full_prompt_tokens += self.count_prompt_tokens(prompt)
+            full = self.count_prompt_tokens(prompt)
+            ledger.full_prompt_tokens += full
+            sent_before = node.parent.prompt_tokens if node.parent is not None else 0
+            ledger.ideal_prompt_tokens += max(full - sent_before, 0)
+            node.prompt_tokens = full
 
     def count_prompt_tokens(self, prompt: Any) -> int:
         """Tokens of the whole rendered prompt (what a client without prefix reuse sends every time)."""

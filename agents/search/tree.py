@@ -56,6 +56,8 @@ class Node:
     """The value model's / PRM's estimate for this node (None until evaluated)."""
     step_scores: list[float] = field(default_factory=list)
     """One score per step along the path (the PRM's per-step scores, or the value used in their place)."""
+    prompt_tokens: int = 0
+    """Tokens of this node's prompt, once it has been sent to the engine (0 before)."""
     children: list[Node] = field(default_factory=list)
     visits: int = 0
     value_sum: float = 0.0
