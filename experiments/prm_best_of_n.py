@@ -92,13 +92,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--dtype", default="bfloat16", help="PRM weights dtype for scoring (bfloat16 / float32)"
+    )
     parser.add_argument("--out", default=None, help="JSON results (default: next to --samples)")
     args = parser.parse_args(argv)
 
     from rewards.prm import load_prm
 
     rows = [json.loads(line) for line in open(args.samples) if line.strip()]
-    prm = load_prm(args.prm, batch_size=args.batch_size)
+    import torch
+
+    prm = load_prm(args.prm, dtype=getattr(torch, args.dtype), batch_size=args.batch_size)
     scores = prm.score([r["question"] for r in rows], [r["steps"] for r in rows])
     problems: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row, prm_scores in zip(rows, scores):
@@ -106,12 +111,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             {"answer": _answer(row["steps"]), "correct": bool(row["correct"]), "prm": prm_scores}
         )
     table = best_of_n_table(problems, args.n, args.aggregations, args.trials, args.seed)
+    step_auc = None
+    if all("hard" in r for r in rows):  # held-out Monte-Carlo step labels from collect_prm_data.py
+        from experiments.train_prm import binary_auc
+
+        flat = [(s, bool(h)) for r, row in zip(rows, scores) for s, h in zip(row, r["hard"])]
+        step_auc = binary_auc([s for s, _ in flat], [h for _, h in flat])
+        print(f"held-out step AUC vs Monte-Carlo labels: {step_auc:.4f} ({len(flat)} steps)")
     rules = list(next(iter(table.values())).keys()) if table else []
     print("| rule | " + " | ".join(f"N={n}" for n in table) + " |")
     print("|---|" + "---|" * len(table))
     for rule in rules:
         print(f"| {rule} | " + " | ".join(f"{table[n][rule]:.3f}" for n in table) + " |")
-    result = {"problems": len(problems), "solutions": len(rows), "trials": args.trials, "accuracy": table}
+    result = {
+        "problems": len(problems),
+        "solutions": len(rows),
+        "trials": args.trials,
+        "prm": args.prm,
+        "dtype": args.dtype,
+        "step_auc": step_auc,
+        "accuracy": table,
+    }
     out = args.out or args.samples.replace("samples.jsonl", "best_of_n.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=2)

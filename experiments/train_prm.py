@@ -60,6 +60,8 @@ class TrainConfig:
     LM head stay as they are; backward then stops k layers down, which is what makes CPU runs fast."""
     max_train_examples: int = 0
     """Cap on training examples (0: all)."""
+    eval_at: str = "epochs"
+    """When to evaluate on the held-out data: ``epochs`` (before training and after each epoch), ``end`` or ``none``."""
     logdir: str = "runs/prm/tb"
     out: str = "runs/prm/model"
     seed: int = 0
@@ -199,7 +201,8 @@ def train(
     history: list[dict[str, Any]] = []
 
     def log_eval(step: int, epoch: int) -> dict[str, float]:
-        metrics = evaluate(prm, eval_examples)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            metrics = evaluate(prm, eval_examples)
         for key in ("auc", "accuracy", "loss"):
             if not math.isnan(metrics[key]):
                 writer.add_scalar(f"eval/{key}", metrics[key], step)
@@ -207,11 +210,11 @@ def train(
         print(f"[eval] step {step} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
-    before = log_eval(0, 0)
+    autocast_dtype = torch.bfloat16 if config.bf16_autocast else None
+    before = log_eval(0, 0) if config.eval_at == "epochs" else {}
     rng = random.Random(config.seed)
     step = 0
     bar = tqdm(total=total_steps, desc="train PRM", disable=not progress)
-    autocast_dtype = torch.bfloat16 if config.bf16_autocast else None
     for epoch in range(1, config.epochs + 1):
         model.train()
         for batch in _batches(encoded, config.batch_size, rng):
@@ -250,11 +253,12 @@ def train(
             writer.add_scalar("time/steps_per_second", 1.0 / max(1e-9, time.time() - tick), step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
-        log_eval(step, epoch)
+        if config.eval_at == "epochs" or (config.eval_at == "end" and epoch == config.epochs):
+            log_eval(step, epoch)
     bar.close()
     writer.close()
     model.eval()
-    after = history[-1]
+    after = history[-1] if history else {}
     os.makedirs(config.out, exist_ok=True)
     model.save_pretrained(config.out)
     tokenizer.save_pretrained(config.out)
@@ -291,6 +295,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     args = parser.parse_args(argv)
     if args.labels not in ("soft", "hard"):
         parser.error("--labels must be soft or hard")
+    if args.eval_at not in ("epochs", "end", "none"):
+        parser.error("--eval-at must be epochs, end or none")
     return TrainConfig(**vars(args))
 
 

@@ -41,7 +41,7 @@ def test_collect_writes_all_formats_with_consistent_labels(tmp_path):
         num_problems=2,
         samples=2,
         rollouts=2,
-        max_new_tokens=24,
+        max_new_tokens=16,
         rollout_max_new_tokens=8,
         max_steps=3,
         few_shot=1,
@@ -91,13 +91,13 @@ def _synthetic_shepherd(path, n, seed):
 
 def test_train_prm_learns_a_step_rule_and_reloads(tmp_path):
     model, tokenizer = tiny_model(seed=0, tokenizer=byte_level_tokenizer(), hidden_size=64)
-    _synthetic_shepherd(tmp_path / "train.jsonl", 96, seed=0)
-    test_rows = _synthetic_shepherd(tmp_path / "test.jsonl", 24, seed=1)
+    _synthetic_shepherd(tmp_path / "train.jsonl", 64, seed=0)
+    test_rows = _synthetic_shepherd(tmp_path / "test.jsonl", 16, seed=1)
     config = train_prm.TrainConfig(
         data=[str(tmp_path / "train.jsonl")],
         eval_data=[str(tmp_path / "test.jsonl")],
         labels="hard",
-        epochs=3,
+        epochs=4,
         lr=3e-3,
         batch_size=8,
         bf16_autocast=False,
