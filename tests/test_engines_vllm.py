@@ -39,7 +39,9 @@ def vllm_engine(tiny_folder: Path) -> Iterator:
     pytest.importorskip("vllm")
     from agents.engines import VLLMEngine
 
-    engine = VLLMEngine(tiny_folder, dtype="float32", enforce_eager=True, max_model_len=1024, seed=0)
+    engine = VLLMEngine(
+        tiny_folder, dtype="float32", enforce_eager=True, max_model_len=1024, seed=0, cpu_kv_cache_gib=0.25
+    )
     yield engine
     engine.close()
 
@@ -89,7 +91,10 @@ def test_stop_strings_match_hf(vllm_engine, hf_engine: HFEngine) -> None:
 def test_score_matches_hf(vllm_engine, hf_engine: HFEngine) -> None:
     prompts = ["The answer is", hf_engine.step_prompt(QUESTION, [], INSTRUCTION)]
     continuations = [" 42, clearly.", "12 + 30 = 42."]
-    ours = vllm_engine.score(prompts, continuations)
+    vllm_engine.generate([p + c for p, c in zip(prompts, continuations)], max_new_tokens=1, temperature=0)
+    ours = vllm_engine.score(prompts, continuations)  # cached prefixes must not hide prompt log-probs
+    for again, first in zip(vllm_engine.score(prompts, continuations), ours):
+        assert again == pytest.approx(first, abs=1e-5)
     reference = hf_engine.score(prompts, continuations)
     for got, want in zip(ours, reference):
         assert len(got) == len(want) > 0

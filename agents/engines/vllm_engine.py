@@ -66,8 +66,10 @@ class VLLMEngine:
         dtype: ``"auto"`` = bf16 where fast (see ``resolve_dtype``), or a dtype / name.
         seed: the engine's sampling seed (``generate(seed=...)`` adds per-request seeds on top).
         enforce_eager: skip graph compilation (start-up ~17 s instead of ~60 s on CPU; slower decoding).
-        gpu_memory_utilization: fraction of (GPU or NUMA-node) memory for weights + KV cache; default 0.25 on
-            CPU (the default 0.9 refuses to start on small machines) unless ``VLLM_CPU_KVCACHE_SPACE`` is set.
+        gpu_memory_utilization: fraction of (GPU or NUMA-node) memory to reserve; vLLM's default on GPU.
+        cpu_kv_cache_gib: on CPU, unless ``gpu_memory_utilization``, ``kv_cache_memory_bytes`` or
+            ``VLLM_CPU_KVCACHE_SPACE`` is given, the KV cache gets this fixed size (1 GiB holds ~46k tokens of
+            SmolLM2-135M); a memory fraction is checked against free memory and fails on a busy machine.
         in_process: run the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); the default
             separate process keeps vLLM's thread pinning away from a trainer in this process.
         llm_kwargs: passed to ``vllm.LLM`` (e.g. ``max_model_len``, ``tensor_parallel_size``).
@@ -87,6 +89,7 @@ class VLLMEngine:
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float | None = None,
         in_process: bool = False,
+        cpu_kv_cache_gib: float = 1.0,
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         **llm_kwargs: Any,
     ) -> None:
@@ -107,8 +110,11 @@ class VLLMEngine:
         self.dtype = resolve_dtype(dtype, device)
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-            if gpu_memory_utilization is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                gpu_memory_utilization = 0.25
+            sized = gpu_memory_utilization is not None or "kv_cache_memory_bytes" in llm_kwargs
+            if not sized and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                # A fixed KV budget: a memory fraction is checked against *free* memory at start-up and refuses
+                # to start on a busy machine (0.25 x 24 GB > free), and the default 0.9 never fits.
+                llm_kwargs["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * 2**30)
         if gpu_memory_utilization is not None:
             llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
