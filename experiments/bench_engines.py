@@ -357,7 +357,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 handle.name,
             ]
             command += _strip_backends(list(argv if argv is not None else sys.argv[1:]))
-            subprocess.run(command, check=True)
+            finished = subprocess.run(command)
+            if finished.returncode != 0:  # one backend failing (e.g. out of memory) must not lose the others
+                results.setdefault("failed", {})[backend] = (
+                    f"exit status {finished.returncode} (see its log above)"
+                )
+                continue
             results["backends"][backend] = json.loads(Path(handle.name).read_text())
     backends = results["backends"]
     if "hf" in backends and "vllm" in backends:
@@ -368,7 +373,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    _print_table(results)
+    if backends:
+        _print_table(results)
+    for backend, reason in results.get("failed", {}).items():
+        print(f"{backend}: failed, {reason}")
     print(f"wrote {out}")
     return results
 
