@@ -70,13 +70,10 @@ def run(args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list
             )
             started = time.perf_counter()
             results = agent.solve_many(env, problems)
-            rows.append(
-                {
-                    "agent": key,
-                    "prefix_caching": prefix_caching,
-                    **summarize(results, time.perf_counter() - started),
-                }
-            )
+            row = {"agent": key, "prefix_caching": prefix_caching}
+            row.update(summarize(results, time.perf_counter() - started))
+            rows.append(row)
+            print(f"[measured] {json.dumps(row)}", flush=True)  # partial results survive an interrupted run
     finally:
         engine.close()
     return rows
