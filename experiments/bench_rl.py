@@ -70,7 +70,7 @@ def run_openr(args: argparse.Namespace) -> dict[str, Any]:
     from agents.rl.grpo import GRPO, GRPOConfig
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model("smollm2-135m-instruct", dtype=torch.float32)
+    model, tokenizer = load_model(args.model, dtype=torch.float32)
     loaded_rss = _peak_rss_gb()
     config = GRPOConfig(
         seed=args.seed,
@@ -123,7 +123,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     from rewards import MathJudger
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model("smollm2-135m-instruct", dtype=torch.float32)
+    model, tokenizer = load_model(args.model, dtype=torch.float32)
     loaded_rss = _peak_rss_gb()
     rows = [
         {
@@ -212,6 +212,8 @@ def _child(impl: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.seed),
         "--micro-batch-size",
         str(args.micro_batch_size),
+        "--model",
+        str(args.model),
     ]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         started = time.time()
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name, HF id or folder")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)

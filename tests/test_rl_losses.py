@@ -118,7 +118,9 @@ def test_clipped_value_loss_known_answer():
     loss = clipped_value_loss(values, old_values, returns, clip_range=0.2)
     # row 0: unclipped (1-2)^2 = 1, clipped V = 0.7 -> 1.69; 0.5 * max = 0.845.  row 1: within range -> 0.5
     assert loss.tolist() == pytest.approx([0.845, 0.5])
-    assert clipped_value_loss(values, old_values, returns, clip_range=None).tolist() == pytest.approx([0.5, 0.5])
+    assert clipped_value_loss(values, old_values, returns, clip_range=None).tolist() == pytest.approx(
+        [0.5, 0.5]
+    )
 
 
 def test_masked_statistics():
