@@ -12,6 +12,8 @@ from reasoning_gym.data import shared_data_dir
 # No hub at test time: every model and dataset comes from disk.
 for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_flag, "1")
+# Test models are tiny: a 1 GiB vLLM KV cache per engine (instead of a quarter of RAM) lets several engines coexist.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 @pytest.fixture(scope="session")
