@@ -21,13 +21,13 @@ __all__ = [
 
 _BOXED_OPENERS = ("\\boxed{", "\\fbox{")
 _ANSWER_LINE = re.compile(
-    r"(?:^|\n)[ \t*#>_-]*(?:the\s+)?(?:final\s+answer|answer)(?:\s+is)?\s*[:=]?\s*(?P<ans>[^\n]+?)\s*$",
+    r"(?:final\s+)?answer(?:\s+(?:to|for|of)\s+[^:\n]{0,80}?)?\s*(?:\bis\b\s*:?|:|=)\s*(?P<ans>[^\n]+?)[.\s]*$",
     re.IGNORECASE,
 )
-_ANSWER_SENTENCE = re.compile(r"(?:the\s+)?final\s+answer\s+is\s*:?\s*(?P<ans>[^\n]+?)[.\s]*$", re.IGNORECASE)
 _HASHES = re.compile(r"####\s*(?P<ans>[^\n]+?)\s*$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_TRAILING_WORDS = re.compile(r"(?<=\d)\s+[A-Za-z][A-Za-z ]{0,40}$")
 _MAX_SCAN = 200_000  # characters of a step/response we scan; beyond that only the tail counts
 
 
@@ -83,9 +83,11 @@ def has_unbalanced_boxed(text: str) -> bool:
 
 def extract_final_answer_line(text: str) -> str | None:
     """The answer of a final-answer line ("The answer is 7.", "Final answer: 7", "#### 7"), or None."""
-    text = text[-_MAX_SCAN:].rstrip()
-    for pattern in (_HASHES, _ANSWER_SENTENCE, _ANSWER_LINE):
-        match = pattern.search(text)
+    lines = [line for line in text[-_MAX_SCAN:].splitlines() if line.strip()]
+    if not lines:
+        return None
+    for pattern in (_HASHES, _ANSWER_LINE):
+        match = pattern.search(lines[-1])
         if match:
             answer = match.group("ans").strip().rstrip(".").strip().strip("$").strip()
             if answer:
@@ -114,5 +116,5 @@ def normalize_number(text: str) -> str | None:
     cleaned = text.strip().strip("$").replace(",", "").replace("\\!", "").replace("{,}", "")
     cleaned = re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", cleaned)
     cleaned = cleaned.replace("\\%", "").replace("%", "").replace("\\$", "").strip()
-    cleaned = cleaned.rstrip(".").strip()
+    cleaned = _TRAILING_WORDS.sub("", cleaned.rstrip(".").strip())  # "7 apples" -> "7"
     return cleaned if _PLAIN_NUMBER.match(cleaned) else None

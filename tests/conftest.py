@@ -14,6 +14,8 @@ for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_flag, "1")
 # Test models are tiny: a 1 GiB vLLM KV cache per engine (instead of a quarter of RAM) lets several engines coexist.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# OpenMP threads that sleep instead of spinning: on a shared 2-core machine, spinning stalls every other process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

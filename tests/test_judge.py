@@ -159,4 +159,7 @@ def test_extract_answer_rules():
     assert extract_answer("The final answer is $7$.") == "7"
     assert extract_answer("#### 1,234") == "1,234"
     assert extract_answer("no answer here") is None
+    assert extract_answer("The answer to this problem is 10.") == "10"
+    assert extract_answer("The answer depends on x.") is None
+    assert MathJudger().judge("So the answer is 7 apples.", "7")
     assert normalize_reference("blah\n#### 1,234") == "1234"
