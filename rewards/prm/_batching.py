@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["chunked_position_scores", "model_device", "pad_id_of"]
+__all__ = ["chunked_position_scores", "model_device", "pad_id_of", "score_positions_in_eval_mode"]
 
 # reader(input_ids, attention_mask, rows, cols) -> scores (1-D float tensor), one per (row, col) pair.
 Reader = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -87,3 +88,21 @@ def chunked_position_scores(
     if truncated:
         warnings.warn("PRM input longer than max_length: early steps were cut and scored 0.5", stacklevel=3)
     return results
+
+
+def score_positions_in_eval_mode(prm: Any, encoded: Sequence, reader: Any) -> list[list[float]]:
+    """``chunked_position_scores`` for a PRM (``model``, ``tokenizer``, ``batch_size``, ``max_batch_tokens``), with
+    the model in eval mode for the call and its training mode restored after (a trainer may share it)."""
+    was_training = prm.model.training
+    prm.model.eval()
+    try:
+        return chunked_position_scores(
+            encoded,
+            reader,
+            pad_id=pad_id_of(prm.tokenizer),
+            device=model_device(prm.model),
+            batch_size=prm.batch_size,
+            max_batch_tokens=prm.max_batch_tokens,
+        )
+    finally:
+        prm.model.train(was_training)

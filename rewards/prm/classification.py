@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rewards.prm._batching import chunked_position_scores, model_device, pad_id_of
+from rewards.prm._batching import score_positions_in_eval_mode
 
 __all__ = ["ClassificationPRM", "QWEN_PRM_SYSTEM_PROMPT"]
 
@@ -88,16 +88,4 @@ class ClassificationPRM:
                 return torch.sigmoid(logits[:, 0])
             return logits.softmax(dim=-1)[:, self.positive_class]
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return chunked_position_scores(
-                encoded,
-                reader,
-                pad_id=pad_id_of(self.tokenizer),
-                device=model_device(self.model),
-                batch_size=self.batch_size,
-                max_batch_tokens=self.max_batch_tokens,
-            )
-        finally:
-            self.model.train(was_training)
+        return score_positions_in_eval_mode(self, encoded, reader)

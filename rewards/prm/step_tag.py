@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rewards.prm._batching import chunked_position_scores, model_device, pad_id_of
+from rewards.prm._batching import score_positions_in_eval_mode
 from rewards.prm.formats import MATH_SHEPHERD, StepFormat, encode_steps, get_format, token_id
 
 __all__ = ["StepTagPRM", "candidate_logits", "last_hidden_states"]
@@ -96,16 +96,4 @@ class StepTagPRM:
             )
             return logits.float().softmax(dim=-1)[:, 0]
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return chunked_position_scores(
-                encoded,
-                reader,
-                pad_id=pad_id_of(self.tokenizer),
-                device=model_device(self.model),
-                batch_size=self.batch_size,
-                max_batch_tokens=self.max_batch_tokens,
-            )
-        finally:
-            self.model.train(was_training)
+        return score_positions_in_eval_mode(self, encoded, reader)

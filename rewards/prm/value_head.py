@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rewards.prm._batching import chunked_position_scores, model_device, pad_id_of
+from rewards.prm._batching import score_positions_in_eval_mode
 from rewards.prm.formats import VALUE_HEAD, StepFormat, encode_steps, get_format
 from rewards.prm.step_tag import last_hidden_states
 
@@ -122,16 +122,4 @@ class ValueHeadPRM:
         def reader(input_ids, attention_mask, rows, cols):
             return torch.sigmoid(self.model(input_ids, attention_mask).values[rows, cols])
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return chunked_position_scores(
-                encoded,
-                reader,
-                pad_id=pad_id_of(self.tokenizer),
-                device=model_device(self.model),
-                batch_size=self.batch_size,
-                max_batch_tokens=self.max_batch_tokens,
-            )
-        finally:
-            self.model.train(was_training)
+        return score_positions_in_eval_mode(self, encoded, reader)
