@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["Completion", "Engine", "FinishReason", "GenerationStats", "Prompt", "StepPrompter"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "FinishReason",
+    "GenerationStats",
+    "Prompt",
+    "StepPrompter",
+    "check_generate_args",
+]
 
 FinishReason = Literal["stop", "length", "eos"]
 
@@ -100,3 +108,25 @@ class StepPrompter(Protocol):
     """Builds the model input for 'problem + steps so far -> next step'."""
 
     def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> Prompt: ...
+
+
+def check_generate_args(
+    prompts: Any,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop: Any,
+    min_new_tokens: int = 0,
+) -> list[str]:
+    """Validate ``generate``'s arguments the same way for every backend; return the non-empty stop strings."""
+    if n < 1 or max_new_tokens < min_new_tokens:
+        raise ValueError(
+            f"need n >= 1 and max_new_tokens >= {min_new_tokens}, got n={n}, max_new_tokens={max_new_tokens}"
+        )
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if isinstance(prompts, (str, dict)):
+        raise TypeError("generate takes a sequence of prompts; wrap a single prompt in a list")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    return [s for s in stops if s]

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .base import Completion, GenerationStats, Prompt
+from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .logprobs import sequence_logprobs
 from .models import load_model
 from .prompting import DEFAULT_STEP_DELIMITER, encode_prompt, render_prompt, step_prompt
@@ -200,15 +200,7 @@ class HFEngine:
         seed: int | None = None,
     ) -> list[list[Completion]]:
         """Per prompt, ``n`` completions; ``temperature == 0`` is greedy. Same seed and batch give the same output."""
-        if n < 1 or max_new_tokens < 0:
-            raise ValueError(
-                f"need n >= 1 and max_new_tokens >= 0, got n={n}, max_new_tokens={max_new_tokens}"
-            )
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        if isinstance(prompts, (str, dict)):
-            raise TypeError("generate takes a sequence of prompts; wrap a single prompt in a list")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        stops = check_generate_args(prompts, n, max_new_tokens, temperature, top_p, stop)
         encoded = [self.encode(p) for p in prompts]
         for ids in encoded:
             if not ids:

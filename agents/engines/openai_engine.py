@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .base import Completion, FinishReason, GenerationStats, Prompt
+from .base import Completion, FinishReason, GenerationStats, Prompt, check_generate_args
 from .prompting import DEFAULT_STEP_DELIMITER, has_chat_template, render_prompt, step_messages, step_prompt
 from .stopping import earliest_stop, tokens_covering
 
@@ -170,15 +170,7 @@ class OpenAIEngine:
         seed: int | None = None,
     ) -> list[list[Completion]]:
         """Per prompt, ``n`` completions (one HTTP request per prompt, at most ``max_concurrency`` at once)."""
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError(
-                f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}"
-            )
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        if isinstance(prompts, (str, dict)):
-            raise TypeError("generate takes a sequence of prompts; wrap a single prompt in a list")
-        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        stops = check_generate_args(prompts, n, max_new_tokens, temperature, top_p, stop, min_new_tokens=1)
         sampling: dict[str, Any] = {
             "model": self.model,
             "n": n,

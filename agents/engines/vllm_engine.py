@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Completion, GenerationStats, Prompt
+from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .models import resolve_dtype, resolve_model_path
 from .prompting import DEFAULT_STEP_DELIMITER, encode_prompt, render_prompt, step_prompt
 from .stopping import finish_completion
@@ -173,15 +173,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if n < 1 or max_new_tokens < 0:
-            raise ValueError(
-                f"need n >= 1 and max_new_tokens >= 0, got n={n}, max_new_tokens={max_new_tokens}"
-            )
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        if isinstance(prompts, (str, dict)):
-            raise TypeError("generate takes a sequence of prompts; wrap a single prompt in a list")
-        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        stops = check_generate_args(prompts, n, max_new_tokens, temperature, top_p, stop)
         encoded = [self.encode(p) for p in prompts]
         if any(not ids for ids in encoded):
             raise ValueError("empty prompt: give at least one token of context")
