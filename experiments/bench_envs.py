@@ -23,7 +23,7 @@ from rich.table import Table
 
 import reasoning_gym  # noqa: F401 - registers the ids
 from reasoning_gym.data import shared_data_dir
-from rewards.judge import MathJudger, _VerifyProcess
+from reasoning_gym.judging.judge import MathJudger, _VerifyProcess
 
 __all__ = ["bench_env_steps", "bench_judger", "main"]
 

@@ -15,8 +15,9 @@ import gymnasium as gym
 import numpy as np
 
 from reasoning_gym.data import Problem
+from reasoning_gym.judging.answer import extract_answer, has_unbalanced_boxed
+from reasoning_gym.judging.judge import MathJudger
 from reasoning_gym.spaces import StepText
-from rewards.answer import extract_answer, has_unbalanced_boxed
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -169,7 +170,6 @@ class ReasoningEnv(gym.Env[str, str]):
             )
         if max_steps < 1 or max_step_chars < 1:
             raise ValueError("max_steps and max_step_chars must be positive")
-        from rewards.judge import MathJudger
 
         self.source = source
         self.instruction, _ = sanitize_step(instruction, 16_384)

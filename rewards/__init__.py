@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rewards.answer import extract_answer
-from rewards.judge import MathJudger
+from reasoning_gym.judging.answer import extract_answer
+from reasoning_gym.judging.judge import MathJudger
 
 __all__ = ["JudgeVerdict", "LLMJudge", "MathJudger", "ProcessRewardModel", "extract_answer", "load_prm"]
 
