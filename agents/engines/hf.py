@@ -20,6 +20,7 @@ import torch
 from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .logprobs import sequence_logprobs
 from .models import load_model
+from .prefix_cache import PrefixCache, weights_fingerprint
 from .prompting import DEFAULT_STEP_DELIMITER, encode_prompt, render_prompt, step_prompt
 from .stopping import earliest_stop, finish_completion
 
@@ -114,6 +115,14 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def _plain_dynamic_layers(model: Any) -> bool:
+    """Whether every layer's cache holds the whole sequence (no sliding window), so its columns can be reused."""
+    from transformers import DynamicCache
+
+    layers = DynamicCache(config=model.config).layers
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
 class HFEngine:
     """Batched generation and scoring with an in-process transformers model.
 
@@ -128,6 +137,10 @@ class HFEngine:
         num_threads: torch CPU threads; by default capped at the CPUs this process may use.
         decoder: ``"loop"`` (own decode loop: shared prefill for the n samples, finished rows leave the batch) or
             ``"generate"`` (``model.generate``; for caches the loop cannot slice).
+        prefix_cache_tokens: token budget of the KV states kept across calls (``agents.engines.prefix_cache``):
+            a prompt extending a cached one (its parent in a search tree) prefills only its new tokens. 0
+            disables it; used by the ``"loop"`` decoder only. Memory is at most this many tokens x
+            ``prefix_cache.bytes_per_token`` (23,040 bytes for SmolLM2-135M in bf16: ~377 MB at the default).
     """
 
     def __init__(
@@ -143,6 +156,7 @@ class HFEngine:
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         num_threads: int | None = None,
         decoder: str = "loop",
+        prefix_cache_tokens: int = 16384,
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
             model, loaded_tokenizer = load_model(str(model), dtype=dtype, device=device)
@@ -159,6 +173,8 @@ class HFEngine:
             raise ValueError(f"decoder must be 'loop' or 'generate', got {decoder!r}")
         self.decoder = decoder
         self.stats = GenerationStats()
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self._cached_weights: Any = None
         self.eos_token_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))
@@ -205,7 +221,9 @@ class HFEngine:
         for ids in encoded:
             if not ids:
                 raise ValueError("empty prompt: give at least one token of context")
-        # Work pieces of (prompt, sample count), longest prompts first so similar lengths share a batch.
+        cache = self._valid_prefix_cache()
+        # Work pieces of (prompt, sample count), longest prompts first so similar lengths share a batch. (Not
+        # sorted by uncached length: the same batches with and without the prefix cache give the same samples.)
         pieces: list[tuple[int, int]] = []
         for index in sorted(range(len(encoded)), key=lambda i: -len(encoded[i])):
             for first in range(0, n, self.max_batch_size):
@@ -220,8 +238,7 @@ class HFEngine:
                 while pieces and rows + pieces[0][1] <= self.max_batch_size:
                     rows += pieces[0][1]
                     chunk.append(pieces.pop(0))
-                decode = self._decode_loop if self.decoder == "loop" else self._generate_rows
-                outputs = decode(
+                args = (
                     [encoded[p] for p, _ in chunk],
                     [k for _, k in chunk],
                     max_new_tokens,
@@ -229,12 +246,48 @@ class HFEngine:
                     top_p,
                     stops,
                 )
+                if self.decoder == "loop":
+                    outputs = self._decode_loop(*args, cache=cache)
+                else:
+                    outputs = self._generate_rows(*args)
                 row = 0
                 for p, k in chunk:
                     results[p].extend(outputs[row : row + k])
                     row += k
         self.stats.record(results)
         return results
+
+    # -- prefix cache --------------------------------------------------------------------------------------
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt state (done automatically when the weights change; see below)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        self._cached_weights = None
+
+    @property
+    def prefix_cache_bytes_per_token(self) -> int:
+        """Bytes one cached token costs: keys and values of every layer."""
+        config = self.model.config
+        config = getattr(config, "get_text_config", lambda: config)()
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        element = next(self.model.parameters()).element_size()
+        return 2 * config.num_hidden_layers * heads * head_dim * element
+
+    def _valid_prefix_cache(self) -> PrefixCache | None:
+        """The prefix cache if it may be used now; cleared first when the weights changed since it was filled.
+
+        The engine shares its model with RL trainers that update it in place, so every call compares a cheap
+        fingerprint of the parameters (object, storage pointers, in-place version counters) with the one the
+        cached states were computed under.
+        """
+        if self.prefix_cache is None or self.decoder != "loop" or not _plain_dynamic_layers(self.model):
+            return None
+        fingerprint = weights_fingerprint(self.model)
+        if fingerprint is None or fingerprint != self._cached_weights:
+            self.prefix_cache.clear()
+            self._cached_weights = fingerprint
+        return self.prefix_cache if fingerprint is not None else None
 
     def _left_padded(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in prompt_ids)
@@ -269,39 +322,54 @@ class HFEngine:
         temperature: float,
         top_p: float,
         stops: list[str],
+        cache: PrefixCache | None = None,
     ) -> list[Completion]:
-        """Prefill each prompt once, copy its cache rows for its samples, decode; finished rows leave the batch."""
-        from transformers import DynamicCache
-
+        """Prefill each prompt once (only past its longest cached prefix), copy its cache rows for its samples,
+        decode; finished rows leave the batch, and their prompt + step states go into the prefix cache."""
         if max_new_tokens == 0:
             return [
                 Completion("", [], [], "length", len(ids))
                 for ids, k in zip(prompt_ids, repeats)
                 for _ in range(k)
             ]
-        input_ids, attention_mask = self._left_padded(prompt_ids)
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        kv, input_ids, attention_mask, positions, columns, cached = self._prefill_inputs(prompt_ids, cache)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=cache,
+            past_key_values=kv,
             use_cache=True,
             logits_to_keep=1,
         )
+        processed = [len(ids) - c for ids, c in zip(prompt_ids, cached)]  # what the stats report
+        if cache is not None:
+            for row, ids in enumerate(prompt_ids):
+                cache.insert(ids, self._kv_range(kv, row, columns[row]))
         expand = torch.repeat_interleave(torch.arange(len(prompt_ids)), torch.tensor(repeats)).to(self.device)
         if len(expand) != len(prompt_ids):  # n samples per prompt: copy the prompt's cache rows
-            cache.batch_select_indices(expand)
+            kv.batch_select_indices(expand)
         logits = out.logits[:, -1][expand]
         attention_mask = attention_mask[expand]
         next_position = positions[expand, -1] + 1
         rows = len(expand)
-        prompt_lengths = [len(prompt_ids[i]) for i in expand.tolist()]
+        origin = expand.tolist()
         generated: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         active = list(range(rows))  # active[i] = the row decoded at batch position i
         window = max((len(stop) for stop in stops), default=0) + 2
+        width = attention_mask.shape[1]  # cache columns before the first generated token
+
+        def store(positions_: list[int]) -> None:
+            """Cache prompt + generated states of the rows at these batch positions (all but the last token,
+            whose states were never computed)."""
+            for position in positions_:
+                row = active[position]
+                fed = generated[row][:-1]
+                if cache is None or not fed:
+                    continue
+                cols = columns[origin[row]] + list(range(width, width + len(fed)))
+                cache.insert(prompt_ids[origin[row]] + fed, self._kv_range(kv, position, cols))
+
         for step in range(max_new_tokens):
             scores = torch.log_softmax(logits.float(), dim=-1)
             tokens = _choose(logits.float(), temperature, top_p)
@@ -317,10 +385,13 @@ class HFEngine:
                 texts = self._tokenizer.batch_decode(tails, skip_special_tokens=True)
                 keep = [p for p, text in zip(keep, texts) if earliest_stop(text, stops) is None]
             if not keep or step == max_new_tokens - 1:
+                store(list(range(len(active))))
                 break
             if len(keep) < len(active):  # finished rows leave the batch and their cache rows are freed
+                kept = set(keep)
+                store([p for p in range(len(active)) if p not in kept])
                 index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
+                kv.batch_select_indices(index)
                 attention_mask, next_position, tokens = (
                     attention_mask[index],
                     next_position[index],
@@ -332,12 +403,68 @@ class HFEngine:
                 input_ids=tokens[:, None],
                 attention_mask=attention_mask,
                 position_ids=next_position[:, None],
-                past_key_values=cache,
+                past_key_values=kv,
                 use_cache=True,
             )
             logits = out.logits[:, -1]
             next_position = next_position + 1
-        return [self._finish(generated[r], logprobs[r], stops, prompt_lengths[r]) for r in range(rows)]
+        return [self._finish(generated[r], logprobs[r], stops, processed[origin[r]]) for r in range(rows)]
+
+    def _prefill_inputs(
+        self, prompt_ids: list[list[int]], cache: PrefixCache | None
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]], list[int]]:
+        """The KV cache to prefill into, the uncached prompt tokens, mask, positions and each row's columns.
+
+        Row r reuses ``c_r`` cached tokens and prefills the ``s_r`` after them. Both parts are left-padded to
+        the widest row: ``[pad][cached c_r][pad][new s_r]``, so every row's last prompt token is the last column
+        and padding in the middle is masked. Position ids count real tokens only, so they (and the rotary
+        embeddings baked into the cached keys) are those of the prompt prefilled whole.
+        ``columns[r][t]`` is the cache column holding prompt token t of row r; ``cached[r]`` is ``c_r``.
+        """
+        from transformers import DynamicCache
+
+        kv = DynamicCache(config=self.model.config)
+        hits: list[tuple[int, Any, Any]] = [(0, None, None)] * len(prompt_ids)
+        if cache is not None:
+            hits = [cache.lookup(ids, limit=len(ids) - 1) for ids in prompt_ids]
+        cached = [length for length, _, _ in hits]
+        past, new = max(cached), max(len(ids) - c for ids, c in zip(prompt_ids, cached))
+        input_ids = torch.full((len(prompt_ids), new), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompt_ids), past + new), dtype=torch.long)
+        positions = torch.zeros((len(prompt_ids), new), dtype=torch.long)
+        columns: list[list[int]] = []
+        for row, (ids, c) in enumerate(zip(prompt_ids, cached)):
+            s = len(ids) - c
+            input_ids[row, new - s :] = torch.tensor(ids[c:])
+            attention_mask[row, past - c : past] = 1
+            attention_mask[row, past + new - s :] = 1
+            positions[row, new - s :] = torch.arange(c, len(ids))
+            columns.append(list(range(past - c, past)) + list(range(past + new - s, past + new)))
+        if past:
+            first = next(k for _, k, _ in hits if k is not None)
+            layers, heads, _, dim = first.shape
+            keys = first.new_zeros((layers, len(prompt_ids), heads, past, dim))
+            values = torch.zeros_like(keys)
+            for row, (c, k, v) in enumerate(hits):
+                if c:
+                    keys[:, row, :, past - c :] = k
+                    values[:, row, :, past - c :] = v
+            for layer in range(layers):
+                kv.update(keys[layer], values[layer], layer)
+        device = self.device
+        return kv, input_ids.to(device), attention_mask.to(device), positions.to(device), columns, cached
+
+    @staticmethod
+    def _kv_range(kv: Any, row: int, columns: list[int]) -> Any:
+        """``PrefixCache.insert``'s callback: new (layers, heads, tokens, dim) tensors of one batch row."""
+
+        def kv_range(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            index = torch.tensor(columns[start:stop], device=kv.layers[0].keys.device)
+            keys = torch.stack([layer.keys[row].index_select(1, index) for layer in kv.layers])
+            values = torch.stack([layer.values[row].index_select(1, index) for layer in kv.layers])
+            return keys, values
+
+        return kv_range
 
     def _generate_rows(
         self,
