@@ -39,8 +39,14 @@ def vllm_engine(tiny_folder: Path) -> Iterator:
     pytest.importorskip("vllm")
     from agents.engines import VLLMEngine
 
-    engine = VLLMEngine(
-        tiny_folder, dtype="float32", enforce_eager=True, max_model_len=1024, seed=0, cpu_kv_cache_gib=0.25
+    engine = VLLMEngine(  # a 1024-token step budget: big batches need several steps (see the seeded test)
+        tiny_folder,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=1024,
+        max_num_batched_tokens=1024,
+        seed=0,
+        cpu_kv_cache_gib=0.25,
     )
     yield engine
     engine.close()
@@ -116,6 +122,22 @@ def test_samples_seeds_and_sampled_logprobs(vllm_engine, hf_engine: HFEngine) ->
     assert sample.logprobs == pytest.approx(
         hf_engine.score_ids([hf_engine.encode(prompt)], [sample.token_ids])[0], abs=2e-3
     )
+
+
+@pytest.mark.vllm
+def test_seeded_sampling_beyond_one_step_budget(vllm_engine) -> None:
+    """~1700 prompt tokens > the 1024-token step budget: with chunked prefill vLLM split a seeded prefill and
+    rewound its CPU generator, which killed the engine ("CPU Generator does not use offset")."""
+    text = "We add the tens, then the ones, and check the sum. " * 35
+    prompts = [f"Branch {i}: {text}" for i in range(4)]  # distinct from the first token: no prefix-cache hits
+    assert sum(len(vllm_engine.encode(p)) for p in prompts) > 1024
+    first = vllm_engine.generate(prompts, n=2, max_new_tokens=6, temperature=1.0, seed=11)
+    again = vllm_engine.generate(prompts, n=2, max_new_tokens=6, temperature=1.0, seed=11)
+    other = vllm_engine.generate(prompts, n=2, max_new_tokens=6, temperature=1.0, seed=12)
+    ids = [[c.token_ids for c in group] for group in first]
+    assert ids == [[c.token_ids for c in group] for group in again]
+    assert ids != [[c.token_ids for c in group] for group in other]
+    assert all(len(group) == 2 and group[0] != group[1] for group in ids)
 
 
 @pytest.mark.vllm

@@ -110,6 +110,12 @@ class VLLMEngine:
         self.dtype = resolve_dtype(dtype, device)
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            # A seeded request gets its own torch.Generator. When a prefill is split into chunks, vLLM drops the
+            # token sampled after a partial chunk and rewinds that generator with set_offset(), which only
+            # CUDA (Philox) generators have: on CPU the engine dies with "CPU Generator does not use offset".
+            # Unsplit prefills never drop a sampled token; vLLM then raises the per-step token budget to at least
+            # max_model_len, so every prompt still fits.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
             sized = gpu_memory_utilization is not None or "kv_cache_memory_bytes" in llm_kwargs
             if not sized and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 # A fixed KV budget: a memory fraction is checked against *free* memory at start-up and refuses
@@ -119,6 +125,8 @@ class VLLMEngine:
             llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.in_process = in_process
+        # False when per-request seeds would crash the engine (chunked prefill forced back on, on CPU).
+        self.seeded_sampling = not (on_cpu and llm_kwargs.get("enable_chunked_prefill"))
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
         self.llm = vllm.LLM(
             self.path,
@@ -193,6 +201,13 @@ class VLLMEngine:
                 seed=request_seed,
             )
 
+        if temperature == 0:
+            seed = None  # greedy: a seed changes nothing, and one request per prompt shares its prefill
+        if seed is not None and not self.seeded_sampling:
+            raise ValueError(
+                "generate(seed=...) needs chunked prefill off on CPU (vLLM rewinds a CPU generator it cannot "
+                "rewind); drop enable_chunked_prefill=True or pass seed=None (the engine's LLM(seed=) still seeds)"
+            )
         requests, owners = [], []  # owners[i] = prompt index of request i
         for index, ids in enumerate(encoded):
             if seed is None:
