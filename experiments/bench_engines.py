@@ -105,6 +105,14 @@ def _generated(groups: list[list[Any]]) -> int:
     return sum(len(c.token_ids) for group in groups for c in group)
 
 
+def _cold(engine: Any) -> None:
+    """Empty the engine's prefix cache (vLLM, and HFEngine's), so a timed call cannot reuse an earlier call's
+    prompt states: the throughput rows and both sides of the overhead comparison all start cold."""
+    reset = getattr(engine, "reset_prefix_cache", None)
+    if reset is not None:
+        reset()
+
+
 def _timed(function: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     result = function()
@@ -197,6 +205,7 @@ def run_backend(backend: str, config: BenchConfig) -> dict[str, Any]:
     for batch in config.batch_sizes:
         for mode in config.modes:
             temperature = 0.0 if mode == "greedy" else 1.0
+            _cold(engine)
             seconds, groups = _timed(
                 lambda b=batch, t=temperature: engine.generate(
                     prompts[:b], max_new_tokens=config.max_new_tokens, temperature=t, seed=config.seed
@@ -222,11 +231,13 @@ def run_backend(backend: str, config: BenchConfig) -> dict[str, Any]:
     batch = prompts[: config.overhead_batch]
     ours_best, direct_best = float("inf"), float("inf")
     for _ in range(config.overhead_repeats):
+        _cold(engine)
         seconds, groups = _timed(
             lambda: engine.generate(batch, max_new_tokens=config.max_new_tokens, temperature=0)
         )
         ours_rate = _generated(groups) / seconds
         ours_best = min(ours_best, seconds / max(_generated(groups), 1))
+        _cold(engine)
         seconds, tokens = direct(engine, batch, config.max_new_tokens)
         direct_best = min(direct_best, seconds / max(tokens, 1))
     result["overhead"] = {
@@ -241,6 +252,7 @@ def run_backend(backend: str, config: BenchConfig) -> dict[str, Any]:
     shared, unique = _shared_prefix_prompts(engine, config)
     prefix = {"branches": config.branches, "prefix_tokens": len(engine.encode(shared[0]))}
     for name, batch_prompts in (("unshared", unique), ("shared", shared)):
+        _cold(engine)
         seconds, groups = _timed(
             lambda p=batch_prompts: engine.generate(p, max_new_tokens=config.branch_new_tokens, temperature=0)
         )

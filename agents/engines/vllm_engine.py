@@ -271,6 +271,10 @@ class VLLMEngine:
             scores.append([step[token].logprob for step, token in zip(positions, c)])
         return scores
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt block (benchmarks use it to time cold prompts; weight updates do it too)."""
+        self.llm.reset_prefix_cache()
+
     # -- weight sync ---------------------------------------------------------------------------------------
     def update_weights(self, model: Any) -> None:
         """Copy a trainer's (transformers) model weights into the running engine and drop stale cached prefixes.
@@ -294,7 +298,7 @@ class VLLMEngine:
                 save_file(state, handle.name)
                 self.llm.collective_rpc(_reload_worker_weights, args=(handle.name, self.tied_head))
         del state
-        self.llm.reset_prefix_cache()  # cached prefixes hold KV computed with the old weights
+        self.reset_prefix_cache()  # cached prefixes hold KV computed with the old weights
 
     def close(self) -> None:
         """Stop the engine (its worker process and memory); the object is unusable afterwards."""
