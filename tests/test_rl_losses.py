@@ -8,6 +8,7 @@ import torch
 from agents.rl.losses import (
     clipped_policy_loss,
     clipped_value_loss,
+    explained_variance,
     gae_advantages,
     group_normalized_advantages,
     k3_kl,
@@ -129,3 +130,15 @@ def test_masked_statistics():
     assert masked_mean(values, mask).item() == pytest.approx(2.0)
     assert_close(masked_whiten(values, mask), [[-1.0, 1.0, 0.0]])
     assert masked_mean(values, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_explained_variance_known_answer():
+    returns = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # padding (the 9) is ignored
+    # masked returns 1, 1, 0, 0: variance 0.25
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 0.7), returns, mask) == pytest.approx(0.0)
+    # values 0.5 everywhere but 1.5 on one token: residuals 0.5, -0.5, -0.5, -0.5 -> variance 0.1875
+    values = torch.tensor([[0.5, 1.5, 0.0], [0.5, 0.5, 0.0]])
+    assert explained_variance(values, returns, mask) == pytest.approx(1 - 0.1875 / 0.25)
+    assert math.isnan(explained_variance(returns, torch.ones_like(returns), mask))

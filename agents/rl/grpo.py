@@ -98,47 +98,38 @@ class GRPO(OnPolicyAgent):
         reuse_old = cfg.epochs == 1 and cfg.minibatches == 1  # ratio is 1 at the only step: old = current
         old = None if reuse_old else self.no_grad_forward(batch).logprobs
         ref = self.no_grad_forward(batch, reference=True).logprobs if cfg.kl_coef > 0 else None
-        sums: dict[str, float] = {"policy_loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0}
-        counted_tokens, grad_norms = 0.0, []
-        for _ in range(cfg.epochs):
-            for rows in self.minibatch_rows(len(batch)):
-                minibatch_tokens = float(mask[rows].sum().clamp(min=1.0))
-                for start in range(0, len(rows), max(1, cfg.micro_batch_size)):
-                    sub_rows = rows[start : start + cfg.micro_batch_size]
-                    sub = batch.select(sub_rows)
-                    sub_mask = sub.response_mask
-                    with self.autocast():
-                        out = policy_forward(
-                            self.model,
-                            sub,
-                            chunk_size=cfg.chunk_size,
-                            temperature=cfg.temperature,
-                            with_entropy=True,
-                        )
-                    old_lp = out.logprobs.detach() if old is None else old[sub_rows]
-                    ref_lp = None if ref is None else ref[sub_rows]
-                    loss_tokens, parts = grpo_token_loss(
-                        out.logprobs, old_lp, ref_lp, advantages[sub_rows], cfg.clip_range, cfg.kl_coef
-                    )
-                    if cfg.loss_aggregation == "sequence":
-                        per_sequence = (loss_tokens * sub_mask).sum(1) / sub_mask.sum(1).clamp(min=1.0)
-                        loss = per_sequence.sum() / len(rows)
-                    else:
-                        loss = (loss_tokens * sub_mask).sum() / minibatch_tokens
-                    loss.backward()
-                    for name in ("policy_loss", "kl", "clipped"):
-                        sums[name] += float((parts[name].detach() * sub_mask).sum())
-                    sums["entropy"] += float((out.entropy * sub_mask).sum())
-                    counted_tokens += float(sub_mask.sum())
-                grad_norms.append(self.optimizer_step())
+
+        def micro_loss(sub, sub_rows: list[int], rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+            sub_mask = sub.response_mask
+            with self.autocast():
+                out = policy_forward(
+                    self.model, sub, chunk_size=cfg.chunk_size, temperature=cfg.temperature, with_entropy=True
+                )
+            old_lp = out.logprobs.detach() if old is None else old[sub_rows]
+            ref_lp = None if ref is None else ref[sub_rows]
+            loss_tokens, parts = grpo_token_loss(
+                out.logprobs, old_lp, ref_lp, advantages[sub_rows], cfg.clip_range, cfg.kl_coef
+            )
+            if cfg.loss_aggregation == "sequence":
+                per_sequence = (loss_tokens * sub_mask).sum(1) / sub_mask.sum(1).clamp(min=1.0)
+                loss = per_sequence.sum() / len(rows)
+            else:
+                loss = (loss_tokens * sub_mask).sum() / mask[rows].sum().clamp(min=1.0)
+            stats = {
+                name: float((parts[name].detach() * sub_mask).sum())
+                for name in ("policy_loss", "kl", "clipped")
+            }
+            stats["entropy"] = float((out.entropy * sub_mask).sum())
+            return loss, stats
+
+        means, grad_norms = self.optimise(batch, micro_loss)
         self.sync_engine()
-        denominator = max(counted_tokens, 1.0)
         metrics.update(
             {
-                "train/policy_loss": sums["policy_loss"] / denominator,
-                "train/kl": sums["kl"] / denominator,
-                "train/clip_fraction": sums["clipped"] / denominator,
-                "train/entropy": sums["entropy"] / denominator,
+                "train/policy_loss": means["policy_loss"],
+                "train/kl": means["kl"],
+                "train/clip_fraction": means["clipped"],
+                "train/entropy": means["entropy"],
                 "train/grad_norm": float(np.mean(grad_norms)),
                 "train/learning_rate": self.optimizer.param_groups[0]["lr"],
                 "train/response_tokens": float(mask.sum()) / len(batch),

@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "clipped_policy_loss",
     "clipped_value_loss",
+    "explained_variance",
     "gae_advantages",
     "group_normalized_advantages",
     "k3_kl",
@@ -155,3 +156,13 @@ def clipped_value_loss(
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     clipped = (clipped_values - returns) ** 2
     return 0.5 * torch.maximum(unclipped, clipped)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] over the masked tokens (Stable-Baselines3's
+    ``explained_variance``, logged as ``train/explained_variance``): 1 is a perfect critic, 0 is no better than
+    a constant, negative is worse than one. NaN when the returns do not vary."""
+    variance = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float("nan") if float(variance) == 0 else float(1.0 - residual_variance / variance)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,10 @@ from agents.rl.forward import PolicyOutput, policy_forward
 from agents.rl.rollout import Episode, TokenBatch, episode_to_tokens, make_token_batch
 from agents.rl.trainer import TrainableAgent, TrainConfig
 
-__all__ = ["OnPolicyAgent", "OnPolicyConfig"]
+__all__ = ["MicroLoss", "OnPolicyAgent", "OnPolicyConfig"]
+
+MicroLoss = Callable[[TokenBatch, list[int], list[int]], tuple[torch.Tensor, dict[str, float]]]
+"""``(micro-batch, its row indices, its minibatch's row indices) -> (loss to backward, per-token sums to log)``."""
 
 
 @dataclass
@@ -115,6 +119,31 @@ class OnPolicyAgent(TrainableAgent):
         order = torch.randperm(size).tolist() if self.config.minibatches > 1 else list(range(size))
         parts = max(1, min(self.config.minibatches, size))
         return [order[i::parts] for i in range(parts)]
+
+    def optimise(self, batch: TokenBatch, micro_loss: MicroLoss) -> tuple[dict[str, float], list[float]]:
+        """The PPO/GRPO optimisation loop: ``epochs`` passes, each split into shuffled ``minibatches``; every
+        minibatch is one optimizer step whose gradient is accumulated over micro-batches of ``micro_batch_size``.
+
+        ``micro_loss`` returns the micro-batch's share of its minibatch's loss (it gets the minibatch's rows to
+        normalise by) and per-token sums for logging. Returns those sums divided by the response tokens seen, and
+        the pre-clip gradient norm of every optimizer step.
+        """
+        sums: dict[str, float] = defaultdict(float)
+        counted_tokens, grad_norms = 0.0, []
+        step = max(1, self.config.micro_batch_size)
+        for _ in range(self.config.epochs):
+            for rows in self.minibatch_rows(len(batch)):
+                for start in range(0, len(rows), step):
+                    sub_rows = rows[start : start + step]
+                    sub = batch.select(sub_rows)
+                    loss, stats = micro_loss(sub, sub_rows, rows)
+                    loss.backward()
+                    for name, value in stats.items():
+                        sums[name] += value
+                    counted_tokens += float(sub.response_mask.sum())
+                grad_norms.append(self.optimizer_step())
+        denominator = max(counted_tokens, 1.0)
+        return {name: value / denominator for name, value in sums.items()}, grad_norms
 
     def learn(self, total_steps: int, callback=None, reset_num_timesteps: bool = False) -> OnPolicyAgent:
         """Run ``total_steps`` policy updates (each: collect, then optimise); callbacks may stop early."""

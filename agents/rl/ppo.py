@@ -18,6 +18,7 @@ from agents.rl.forward import policy_forward
 from agents.rl.losses import (
     clipped_policy_loss,
     clipped_value_loss,
+    explained_variance,
     gae_advantages,
     masked_whiten,
     step_rewards_to_tokens,
@@ -42,7 +43,9 @@ class PPOConfig(OnPolicyConfig):
     gamma: float = 1.0
     """Discount per token."""
     gae_lambda: float = 0.95
-    """GAE lambda."""
+    """GAE lambda. For an outcome reward with a weak critic use 1 (veRL's default): every token's advantage is
+    then return - V(s_t), while 0.95 shrinks the credit of a token 20 steps before the reward to 0.36x and puts
+    the critic's guess in its place (the Arithmetic runs in docs/rl.md use 1)."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
     value_clip_range: float | None = 0.2
@@ -135,53 +138,50 @@ class PPO(OnPolicyAgent):
         )
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipped": 0.0, "entropy": 0.0, "approx_kl": 0.0}
-        counted_tokens, grad_norms = 0.0, []
-        for _ in range(cfg.epochs):
-            for rows in self.minibatch_rows(len(batch)):
-                minibatch_tokens = float(mask[rows].sum().clamp(min=1.0))
-                for start in range(0, len(rows), max(1, cfg.micro_batch_size)):
-                    sub_rows = rows[start : start + cfg.micro_batch_size]
-                    sub = batch.select(sub_rows)
-                    sub_mask = sub.response_mask
-                    with self.autocast():
-                        out = policy_forward(
-                            self.model,
-                            sub,
-                            chunk_size=cfg.chunk_size,
-                            temperature=cfg.temperature,
-                            with_entropy=True,
-                            value_head=self._head_for_forward,
-                        )
-                    loss_tokens, parts = ppo_token_loss(
-                        out.logprobs,
-                        old_logprobs[sub_rows],
-                        advantages[sub_rows],
-                        out.values,
-                        old_values[sub_rows],
-                        returns[sub_rows],
-                        cfg.clip_range,
-                        cfg.value_clip_range,
-                        cfg.vf_coef,
-                    )
-                    ((loss_tokens * sub_mask).sum() / minibatch_tokens).backward()
-                    for name in ("policy_loss", "value_loss", "clipped"):
-                        sums[name] += float((parts[name].detach() * sub_mask).sum())
-                    sums["entropy"] += float((out.entropy * sub_mask).sum())
-                    log_ratio = (out.logprobs.detach() - old_logprobs[sub_rows]) * sub_mask
-                    sums["approx_kl"] += float(((log_ratio.exp() - 1) - log_ratio).mul(sub_mask).sum())
-                    counted_tokens += float(sub_mask.sum())
-                grad_norms.append(self.optimizer_step())
+
+        def micro_loss(sub, sub_rows: list[int], rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+            sub_mask = sub.response_mask
+            with self.autocast():
+                out = policy_forward(
+                    self.model,
+                    sub,
+                    chunk_size=cfg.chunk_size,
+                    temperature=cfg.temperature,
+                    with_entropy=True,
+                    value_head=self._head_for_forward,
+                )
+            loss_tokens, parts = ppo_token_loss(
+                out.logprobs,
+                old_logprobs[sub_rows],
+                advantages[sub_rows],
+                out.values,
+                old_values[sub_rows],
+                returns[sub_rows],
+                cfg.clip_range,
+                cfg.value_clip_range,
+                cfg.vf_coef,
+            )
+            loss = (loss_tokens * sub_mask).sum() / mask[rows].sum().clamp(min=1.0)
+            stats = {
+                name: float((parts[name].detach() * sub_mask).sum())
+                for name in ("policy_loss", "value_loss", "clipped")
+            }
+            stats["entropy"] = float((out.entropy * sub_mask).sum())
+            log_ratio = (out.logprobs.detach() - old_logprobs[sub_rows]) * sub_mask
+            stats["approx_kl"] = float(((log_ratio.exp() - 1) - log_ratio).mul(sub_mask).sum())
+            return loss, stats
+
+        means, grad_norms = self.optimise(batch, micro_loss)
         self.sync_engine()
-        denominator = max(counted_tokens, 1.0)
         metrics = dict(self.last_rollout_stats)
         metrics.update(
             {
-                "train/policy_loss": sums["policy_loss"] / denominator,
-                "train/value_loss": sums["value_loss"] / denominator,
-                "train/clip_fraction": sums["clipped"] / denominator,
-                "train/entropy": sums["entropy"] / denominator,
-                "train/approx_kl": sums["approx_kl"] / denominator,
+                "train/policy_loss": means["policy_loss"],
+                "train/value_loss": means["value_loss"],
+                "train/explained_variance": explained_variance(old_values, returns, mask),
+                "train/clip_fraction": means["clipped"],
+                "train/entropy": means["entropy"],
+                "train/approx_kl": means["approx_kl"],
                 "train/kl": float((kl_penalty * mask).sum() / mask.sum().clamp(min=1.0)),
                 "train/value_mean": float((old_values * mask).sum() / mask.sum().clamp(min=1.0)),
                 "train/grad_norm": float(np.mean(grad_norms)),
