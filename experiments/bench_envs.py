@@ -4,7 +4,8 @@
 
 Measures: env step overhead in microseconds (judging excluded: the steps state no final answer), the judger's
 throughput on MATH-500 answers (judgements/s, median / p99 ms, one call per judgement) with a cold reference cache
-(fresh verifier process) and a warm one, the batched ``judge_many`` rate, and the slowest judgement. Targets from the
+(fresh verifier process, parse caches cleared) and a warm one, gold solutions, the batched ``judge_many`` rate, the
+share decided by exact rules, a same-run baseline that sends every pair to math-verify, and the slowest judgement. Targets from the
 issue: step < 100 us; >= 1,000 cached judgements/s on one core; no judgement over the limit (5 s).
 """
 
@@ -23,7 +24,8 @@ from rich.table import Table
 
 import reasoning_gym  # noqa: F401 - registers the ids
 from reasoning_gym.data import shared_data_dir
-from reasoning_gym.judging.judge import MathJudger, _VerifyProcess
+from reasoning_gym.judging.canonical import parse_answer
+from reasoning_gym.judging.judge import MathJudger, _VerifyProcess, normalize_reference, rule_verdict
 
 __all__ = ["bench_env_steps", "bench_judger", "main"]
 
@@ -73,28 +75,59 @@ def _timed_pass(judger: MathJudger, pairs: list[tuple[str, str]]) -> dict:
     }
 
 
-def bench_judger(math500: list[dict], timeout: float) -> dict:
-    """Cold vs cached-reference judging of answers that need math-verify (not the exact-match fast path)."""
+def _clear_parse_caches() -> None:
+    """Forget every parsed reference and prediction (the in-process exact forms and the verifier's parses)."""
+    parse_answer.cache_clear()
+    normalize_reference.cache_clear()
     for worker in _VerifyProcess._instances.values():
         worker.kill()  # a fresh verifier: nothing parsed yet
+
+
+def _math_verify_only(pairs: list[tuple[str, str]], timeout: float) -> dict:
+    """Baseline in the same run: every pair through a fresh math-verify worker whose references are already parsed
+    (what the judger cost before the exact rules), predictions new."""
+    _clear_parse_caches()
+    worker = _VerifyProcess.shared()
+    worker.verify([(ref, ref) for _, ref in pairs], timeout=600.0)  # parse every reference once, untimed
+    times = []
+    for pred, ref in pairs:
+        start = time.perf_counter()
+        worker.verify([(pred, ref)], timeout=timeout)
+        times.append(time.perf_counter() - start)
+    return {"judgements": len(pairs), "per_s": float(len(pairs) / sum(times))}
+
+
+def bench_judger(math500: list[dict], timeout: float) -> dict:
+    """Cold vs cached-reference judging of new wrong answers (perturbed gold) and the gold answers themselves."""
     answers = [row["answer"] for row in math500]
     cold_pairs = [(f"\\boxed{{{_perturb(a, 1)}}}", a) for a in answers]
     warm_pairs = [(f"\\boxed{{{_perturb(a, 2)}}}", a) for a in answers]
+    gold_pairs = [(row["solution"], row["answer"]) for row in math500]
+    _clear_parse_caches()
     judger = MathJudger(timeout=timeout)
-    judger.judge("\\boxed{1}", "2")  # start the verifier process outside the timed passes
+    _VerifyProcess.shared().verify([("1", "2")], timeout=60.0)  # start the verifier outside the timed passes
     cold = _timed_pass(judger, cold_pairs)
     warm = _timed_pass(judger, warm_pairs)  # references parsed in the cold pass; predictions new
+    gold = _timed_pass(MathJudger(timeout=timeout), gold_pairs)  # full solutions: extraction + equal answers
+    _clear_parse_caches()
     fresh = MathJudger(timeout=timeout)
+    _VerifyProcess.shared().verify([("1", "2")], timeout=60.0)
     batch_pairs = [(f"\\boxed{{{_perturb(a, 3)}}}", a) for a in answers]
     start = time.perf_counter()
     fresh.judge_many(batch_pairs)
     batch_per_s = len(batch_pairs) / (time.perf_counter() - start)
     repeat = _timed_pass(judger, warm_pairs)  # the verdict cache (e.g. majority votes repeat answers)
+    decided = sum(rule_verdict(_perturb(a, 2), normalize_reference(a)) is not None for a in answers)
+    baseline = _math_verify_only([(_perturb(a, 2), a) for a in answers], timeout)
     return {
         "cold_reference": cold,
         "cached_reference": warm,
+        "gold_solutions": gold,
         "verdict_cache": repeat,
         "batch_per_s": batch_per_s,
+        "math_verify_only": baseline,
+        "decided_by_exact_rules": decided / len(answers),
+        "speedup_vs_math_verify_only": warm["per_s"] / baseline["per_s"],
     }
 
 
@@ -129,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for column in ("pass", "judgements/s", "median ms", "p99 ms", "max ms"):
             table.add_column(column)
-        for name in ("cold_reference", "cached_reference", "verdict_cache"):
+        for name in ("cold_reference", "cached_reference", "gold_solutions", "verdict_cache"):
             row = results["judger"][name]
             table.add_row(
                 name,
@@ -138,8 +171,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{row['p99_ms']:.2f}",
                 f"{row['max_ms']:.1f}",
             )
-        table.add_row("judge_many (batch, cold)", f"{results['judger']['batch_per_s']:.0f}", "", "", "")
+        judger = results["judger"]
+        table.add_row("judge_many (batch, cold)", f"{judger['batch_per_s']:.0f}", "", "", "")
+        table.add_row("math-verify only (baseline)", f"{judger['math_verify_only']['per_s']:.0f}", "", "", "")
         console.print(table)
+        console.print(
+            f"decided by exact rules (no math-verify): {judger['decided_by_exact_rules']:.1%} of cached-pass pairs; "
+            f"cached vs math-verify only: {judger['speedup_vs_math_verify_only']:.1f}x"
+        )
         slowest = max(results["judger"][k]["max_ms"] for k in ("cold_reference", "cached_reference"))
         console.print(f"slowest judgement: {slowest:.0f} ms (limit {args.timeout * 1e3:.0f} ms)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ _ANSWER_LINE = re.compile(
     re.IGNORECASE,
 )
 _HASHES = re.compile(r"####\s*(?P<ans>[^\n]+?)\s*$")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?![\d,])(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+_GROUPED = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d*)?$")  # 1,234,567: commas only between groups of 3
 _PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)$")
 _TRAILING_WORDS = re.compile(r"(?<=\d)\s+[A-Za-z][A-Za-z ]{0,40}$")
 _MAX_SCAN = 200_000  # characters of a step/response we scan; beyond that only the tail counts
@@ -112,9 +113,14 @@ def last_number(text: str) -> str | None:
 
 
 def normalize_number(text: str) -> str | None:
-    """``"1,234.50"`` -> ``"1234.50"``; ``"$12"`` / ``"12%"`` / ``"12 \\text{ cm}"`` -> ``"12"``; None if not a plain number."""
-    cleaned = text.strip().strip("$").replace(",", "").replace("\\!", "").replace("{,}", "")
+    """``"1,234.50"`` -> ``"1234.50"`` (``"3,5,7"`` -> None); ``"$12"`` / ``"12%"`` / ``"12 \\text{ cm}"`` -> ``"12"``; None if not a plain number."""
+    cleaned = re.sub(r",\s*\\!\s*", ",", text.strip().strip("$"))  # 11,\! 111: a thousands separator
+    cleaned = cleaned.replace("\\!", "").replace("{,}", ",")
     cleaned = re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", cleaned)
     cleaned = cleaned.replace("\\%", "").replace("%", "").replace("\\$", "").strip()
     cleaned = _TRAILING_WORDS.sub("", cleaned.rstrip(".").strip())  # "7 apples" -> "7"
+    if "," in cleaned:  # "3,5,7" is a list, not 357
+        if not _GROUPED.match(cleaned):
+            return None
+        cleaned = cleaned.replace(",", "")
     return cleaned if _PLAIN_NUMBER.match(cleaned) else None

@@ -2,12 +2,16 @@
 
 ``MathJudger().judge(prediction_text, reference_answer) -> bool``:
 
-1. extract the prediction's final answer (last ``\\boxed{}`` or final-answer line; see ``reasoning_gym.judging.answer``);
+1. extract the prediction's final answer (last ``\\boxed{}`` or final-answer line; see
+   ``reasoning_gym.judging.answer``);
 2. decide what needs no parser: equal plain numbers (exact decimal comparison, so ``.0000672 != .0000673``),
    identical normalised strings, base-subscript numbers (``52_8`` vs ``52_9`` compared exactly) and mismatched unit
-   exponents (``cm^2`` vs ``cm^3``), the false positives measured on MATH-500 perturbations;
-3. otherwise ask math-verify in a child process that the caller kills at the deadline (``timeout`` seconds), so a
-   pathological input returns False on time from any thread or process and never hangs the caller.
+   exponents (``cm^2`` vs ``cm^3``), the false positives measured on MATH-500 perturbations; then the exact
+   canonical forms of ``reasoning_gym.judging.canonical`` (fractions, roots, pi, polynomials, tuples, intervals,
+   sets, matrices, equations, one-word text), which decide ~97% of perturbed MATH-500 answers exactly;
+3. only when a side is outside that grammar (or the shapes differ), ask math-verify in a child process that the
+   caller kills at the deadline (``timeout`` seconds), so a pathological input returns False on time from any
+   thread or process and never hangs the caller.
 
 Verdicts are cached per (answer, reference) pair; nothing is ever evaluated as code.
 """
@@ -26,9 +30,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 from reasoning_gym.judging.answer import extract_answer, last_number, normalize_number
+from reasoning_gym.judging.canonical import decide
 
 __all__ = ["MathJudger", "normalize_reference"]
 
@@ -40,6 +46,7 @@ _UNIT_POWER = re.compile(
 _SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right)\b|\s+")
 
 
+@lru_cache(maxsize=65536)
 def normalize_reference(reference: str) -> str:
     """A dataset reference as a bare answer: GSM8K's ``"... #### 1,234"`` -> ``"1234"``, ``\\boxed{x}`` -> ``x``."""
     reference = str(reference).strip()
@@ -100,7 +107,7 @@ def rule_verdict(prediction: str, reference: str) -> bool | None:
     pred_units, ref_units = _unit_powers(prediction), _unit_powers(reference)
     if (pred_units or ref_units) and pred_units != ref_units:
         return False
-    return None
+    return decide(prediction, reference)
 
 
 class _VerifyProcess:
