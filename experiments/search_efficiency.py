@@ -3,10 +3,12 @@
 Beam search and MCTS send, at every step, prompts that extend a prompt already sent (the parent's). Re-sending the
 whole prompt each time (how OpenR drives its engine) costs ``full_prompt_tokens``; an engine with prefix caching
 (vLLM) processes only the new suffix. This runs the same agents on the same problems with a vLLM engine with
-prefix caching on and then off, and prints processed / full prompt tokens and the wall-time ratio.
+prefix caching on and then off (or the transformers engine with its KV prefix cache on and off, ``--engine hf``),
+and prints processed / full prompt tokens and the wall-time ratio.
 
     python -m experiments.search_efficiency                     # vLLM (CPU or GPU), SmolLM2, Arithmetic
     python -m experiments.search_efficiency --agents beam_search --budget 4 --num-problems 16
+    python -m experiments.search_efficiency --engine hf --threads 1 --agents best_of_n,beam_search,mcts
 """
 
 from __future__ import annotations
@@ -38,21 +40,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--eager", action="store_true", help="vLLM enforce_eager (faster start, slower decode)"
     )
+    parser.add_argument("--engine", default="vllm", choices=("vllm", "hf"), help="backend (hf: HFEngine)")
+    parser.add_argument("--dtype", default="bfloat16", help="model dtype (hf engine)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (hf engine)")
+    parser.add_argument(
+        "--prefix-cache-tokens", type=int, default=16384, help="HFEngine prefix-cache budget when on"
+    )
     parser.add_argument("--out", default="runs/search_efficiency.json")
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list[dict]) -> list[dict]:
-    import agents
+def build_engine(args: argparse.Namespace, prefix_caching: bool, loaded: dict) -> Any:
+    """A vLLM engine, or an HFEngine over one model loaded once for both halves (``loaded`` keeps it)."""
+    if args.engine == "hf":
+        from agents.engines import HFEngine, load_model
+
+        if "model" not in loaded:
+            loaded["model"] = load_model(args.model, dtype=args.dtype)
+        model, tokenizer = loaded["model"]
+        budget = args.prefix_cache_tokens if prefix_caching else 0
+        engine = HFEngine(model, tokenizer, num_threads=args.threads, prefix_cache_tokens=budget)
+        engine.generate(["Warm up the kernels."], max_new_tokens=4, temperature=0)  # not in either timing
+        return engine
     from agents.engines import VLLMEngine
 
-    engine = VLLMEngine(
+    return VLLMEngine(
         args.model,
         seed=args.seed,
         enable_prefix_caching=prefix_caching,
         enforce_eager=args.eager,
         in_process=True,  # no engine-core RPC: a busy machine made the multiprocess engine time out
     )
+
+
+def run(
+    args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list[dict], loaded: dict | None = None
+) -> list[dict]:
+    import agents
+
+    engine = build_engine(args, prefix_caching, loaded if loaded is not None else {})
     rows = []
     try:
         for key in [k.strip() for k in args.agents.split(",") if k.strip()]:
@@ -68,14 +94,23 @@ def run(args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list
                 batch_problems=len(problems),
                 **config,
             )
+            reset = getattr(engine, "reset_prefix_cache", None)
+            if callable(reset):  # each agent starts cold: no prompts cached by the agent before it
+                reset()
             started = time.perf_counter()
             results = agent.solve_many(env, problems)
-            row = {"agent": key, "prefix_caching": prefix_caching}
+            row = {"agent": key, "engine": args.engine, "prefix_caching": prefix_caching}
             row.update(summarize(results, time.perf_counter() - started))
+            cache = getattr(engine, "prefix_cache", None)
+            if cache is not None:
+                row["prefix_cache_tokens_stored"] = cache.tokens
+                row["prefix_cache_mb"] = cache.nbytes / 2**20
             rows.append(row)
             print(f"[measured] {json.dumps(row)}", flush=True)  # partial results survive an interrupted run
     finally:
-        engine.close()
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
     return rows
 
 
@@ -87,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     env = gym.make(args.env, **json.loads(args.env_kwargs))
     problems = draw_problems(env, args.num_problems, args.seed)
-    rows = run(args, True, env, problems) + run(args, False, env, problems)
+    loaded: dict = {}
+    rows = run(args, True, env, problems, loaded) + run(args, False, env, problems, loaded)
     print(
         f"{'agent':12s} {'caching':>7s} {'processed/prob':>14s} {'full/prob':>10s} {'processed/full':>14s} {'s':>7s}"
     )
