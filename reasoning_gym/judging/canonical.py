@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from fractions import Fraction
 from functools import lru_cache
 from math import gcd, isqrt
@@ -33,7 +34,8 @@ _MAX_CHARS = 300
 _MAX_TERMS = 200
 _MAX_BITS = 4096
 _MAX_EXPONENT = 64
-_MAX_RADICAND = 10**12
+_MAX_RADICAND = 10**9
+_WORK_BUDGET = 2000  # term-by-term products per answer: keeps an adversarial answer to a few ms of CPU
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<cmd>\\[a-zA-Z]+|\\[{}\\,;:! %$])|(?P<letter>[a-zA-Z])"
@@ -113,7 +115,13 @@ def _merge_vars(a: tuple, b: tuple) -> tuple:
     return tuple(sorted(powers.items()))
 
 
+_work = threading.local()
+
+
 def _mul(a: Poly, b: Poly) -> Poly:
+    _work.left = getattr(_work, "left", _WORK_BUDGET) - len(a) * len(b)
+    if _work.left < 0:
+        raise _OutOfGrammar("too much algebra")
     out: Poly = {}
     for (ma, pa, va), ca in a.items():
         for (mb, pb, vb), cb in b.items():
@@ -159,7 +167,7 @@ def _power(base: Poly, exponent: Poly) -> Poly:
 
 
 def _square_free(n: int) -> tuple[int, int]:
-    """(s, m) with n = s^2 * m and m square-free, by trial division up to the cube root (n <= 10^12)."""
+    """(s, m) with n = s^2 * m and m square-free, by trial division up to the cube root (n <= 10^9)."""
     if n > _MAX_RADICAND:
         raise _OutOfGrammar("radicand too large")
     s, m, d = 1, 1, 2
@@ -552,6 +560,7 @@ def _structure(text: str) -> Answer:
 @lru_cache(maxsize=65536)
 def parse_answer(text: str) -> Answer | None:
     """The exact form of one answer, or None when it is outside the grammar (cached: references parse once)."""
+    _work.left = _WORK_BUDGET
     try:
         return _structure(text)
     except _Undefined:
