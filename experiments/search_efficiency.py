@@ -46,6 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--prefix-cache-tokens", type=int, default=16384, help="HFEngine prefix-cache budget when on"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="hf: on/off pairs per agent (wall-time ratio = their median)"
+    )
     parser.add_argument("--out", default="runs/search_efficiency.json")
     return parser.parse_args(argv)
 
@@ -73,45 +76,79 @@ def build_engine(args: argparse.Namespace, prefix_caching: bool, loaded: dict) -
     )
 
 
+def agent_keys(args: argparse.Namespace) -> list[str]:
+    return [k.strip() for k in args.agents.split(",") if k.strip()]
+
+
+def measure(
+    args: argparse.Namespace,
+    engine: Any,
+    key: str,
+    prefix_caching: bool,
+    env: Any,
+    problems: list[dict],
+    repeat: int = 0,
+) -> dict:
+    """One agent on every problem with this engine; the row printed as soon as it is measured."""
+    import agents
+
+    class_name, overrides = AGENTS[key]
+    config = overrides(args.budget) if overrides else {}
+    agent = getattr(agents, class_name)(
+        engine,
+        env,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        batch_problems=len(problems),
+        **config,
+    )
+    reset = getattr(engine, "reset_prefix_cache", None)
+    if callable(reset):  # each agent starts cold: no prompts cached by the agent before it
+        reset()
+    started = time.perf_counter()
+    results = agent.solve_many(env, problems)
+    row = {"agent": key, "engine": args.engine, "prefix_caching": prefix_caching, "repeat": repeat}
+    row.update(summarize(results, time.perf_counter() - started))
+    cache = getattr(engine, "prefix_cache", None)
+    if cache is not None:
+        row["prefix_cache_tokens_stored"] = cache.tokens
+        row["prefix_cache_mb"] = cache.nbytes / 2**20
+    print(f"[measured] {json.dumps(row)}", flush=True)  # partial results survive an interrupted run
+    return row
+
+
 def run(
     args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list[dict], loaded: dict | None = None
 ) -> list[dict]:
-    import agents
-
+    """Every agent with one engine (vLLM: one engine start per setting)."""
     engine = build_engine(args, prefix_caching, loaded if loaded is not None else {})
-    rows = []
     try:
-        for key in [k.strip() for k in args.agents.split(",") if k.strip()]:
-            class_name, overrides = AGENTS[key]
-            config = overrides(args.budget) if overrides else {}
-            agent = getattr(agents, class_name)(
-                engine,
-                env,
-                seed=args.seed,
-                max_steps=args.max_steps,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                batch_problems=len(problems),
-                **config,
-            )
-            reset = getattr(engine, "reset_prefix_cache", None)
-            if callable(reset):  # each agent starts cold: no prompts cached by the agent before it
-                reset()
-            started = time.perf_counter()
-            results = agent.solve_many(env, problems)
-            row = {"agent": key, "engine": args.engine, "prefix_caching": prefix_caching}
-            row.update(summarize(results, time.perf_counter() - started))
-            cache = getattr(engine, "prefix_cache", None)
-            if cache is not None:
-                row["prefix_cache_tokens_stored"] = cache.tokens
-                row["prefix_cache_mb"] = cache.nbytes / 2**20
-            rows.append(row)
-            print(f"[measured] {json.dumps(row)}", flush=True)  # partial results survive an interrupted run
+        return [measure(args, engine, key, prefix_caching, env, problems) for key in agent_keys(args)]
     finally:
         close = getattr(engine, "close", None)
         if callable(close):
             close()
-    return rows
+
+
+def run_interleaved(args: argparse.Namespace, env: Any, problems: list[dict]) -> list[dict]:
+    """HF: two engines over one model; per agent and repeat, cache on then off back to back, so the load of a
+    shared machine hits both halves alike."""
+    loaded: dict = {}
+    engines = {setting: build_engine(args, setting, loaded) for setting in (True, False)}
+    return [
+        measure(args, engines[setting], key, setting, env, problems, repeat)
+        for repeat in range(args.repeats)
+        for key in agent_keys(args)
+        for setting in (True, False)
+    ]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -122,8 +159,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     env = gym.make(args.env, **json.loads(args.env_kwargs))
     problems = draw_problems(env, args.num_problems, args.seed)
-    loaded: dict = {}
-    rows = run(args, True, env, problems, loaded) + run(args, False, env, problems, loaded)
+    if args.engine == "hf":
+        rows = run_interleaved(args, env, problems)
+    else:
+        rows = run(args, True, env, problems) + run(args, False, env, problems)
     print(
         f"{'agent':12s} {'caching':>7s} {'processed/prob':>14s} {'full/prob':>10s} {'processed/full':>14s} {'s':>7s}"
     )
@@ -134,11 +173,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             f"  (a perfect prefix cache: {row['ideal_reuse_ratio']:.2f})"
         )
     for key in dict.fromkeys(row["agent"] for row in rows):
-        on = next(r for r in rows if r["agent"] == key and r["prefix_caching"])
-        off = next(r for r in rows if r["agent"] == key and not r["prefix_caching"])
+        on = [r for r in rows if r["agent"] == key and r["prefix_caching"]]
+        off = [r for r in rows if r["agent"] == key and not r["prefix_caching"]]
+        ratios = [a["seconds"] / b["seconds"] for a, b in zip(on, off)]
         print(
             f"{key}: processed prompt tokens with caching / without = "
-            f"{on['prompt_tokens'] / max(off['prompt_tokens'], 1):.2f}; wall time on / off = {on['seconds'] / off['seconds']:.2f}"
+            f"{on[0]['prompt_tokens'] / max(off[0]['prompt_tokens'], 1):.2f}; wall time on / off = "
+            f"{_median(ratios):.2f}"
+            + (f" (median of {' '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else "")
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -149,6 +149,22 @@ def test_rows_with_different_cached_lengths_in_one_batch(engines) -> None:
     assert cached.prefix_cache.tokens <= cached.prefix_cache.max_tokens
 
 
+def test_a_prefix_shared_within_one_call_is_prefilled_once(engines) -> None:
+    cached, plain = engines
+    cached.reset_prefix_cache()
+    head = cached.step_prompt(QUESTION, ["We add the tens and then the ones, carefully."], INSTRUCTION)
+    prompts = [head + tail for tail in ("So", "Then we", "Next, the answer is")] + ["Once upon a time"]
+    before = cached.stats.snapshot()["prompt_tokens"]
+    ours = cached.generate(prompts, n=2, max_new_tokens=6, temperature=0)
+    _assert_same(ours, plain.generate(prompts, n=2, max_new_tokens=6, temperature=0))
+    full = [len(cached.encode(p)) for p in prompts]
+    shared = min(full[:3]) - 3  # the head's tokens (the tails add 1-6 tokens each)
+    processed = cached.stats.snapshot()["prompt_tokens"] - before
+    assert processed <= sum(full) - 2 * shared
+    assert processed == sum(g[0].prompt_tokens for g in ours)
+    assert ours[3][0].prompt_tokens == full[3]  # nothing shared with the others
+
+
 def test_an_in_place_weight_update_invalidates_the_cache() -> None:
     model, tokenizer = tiny_model(seed=1)
     cached = HFEngine(model, tokenizer)
