@@ -74,7 +74,9 @@ def test_ppo_reward_rises_on_toy_task():
     )
     history = RewardHistory()
     agent = PPO(tiny_engine(), DIGITS_ID, config)
-    agent.learn(30, callback=history)
+    agent.learn(
+        40, callback=history
+    )  # 40 like GRPO: at 30 the margin held for 9 of 12 model seeds, at 40 for 8 of 8
     first, last = np.mean(history.rewards[:5]), np.mean(history.rewards[-5:])
     assert last > first + 0.2, history.rewards
     assert any(p.abs().sum() > 0 for p in agent.value_head.parameters()), "the critic never trained"
@@ -199,3 +201,31 @@ def test_reward_wrappers_of_the_env_are_kept():
     for episode in episodes:
         assert episode.step_rewards and all(r <= -0.25 for r in episode.step_rewards[:-1])
         assert episode.step_rewards[0] <= -0.25
+
+
+def test_length_sorted_micro_batches_give_the_same_log_probs_and_values():
+    from agents.rl.forward import policy_forward
+    from agents.rl.rollout import TokenizedEpisode, make_token_batch
+
+    agent = PPO(tiny_engine(), DIGITS_ID, PPOConfig(micro_batch_size=2, bf16=False, verbose=0))
+    torch.nn.init.normal_(agent.value_head.weight)
+    lengths = [(3, 2), (9, 7), (4, 1), (6, 5), (2, 9)]  # (prompt, response) tokens: very different widths
+    generator = torch.Generator().manual_seed(0)
+    items = [
+        TokenizedEpisode(
+            torch.randint(3, 200, (p,), generator=generator).tolist(),
+            torch.randint(3, 200, (r,), generator=generator).tolist(),
+            [r - 1],
+        )
+        for p, r in lengths
+    ]
+    batch = make_token_batch(items, agent.pad_token_id)
+    chunks = agent.length_sorted_chunks(batch, list(range(len(batch))))
+    assert chunks == [[1, 3], [4, 0], [2]]  # longest first (16, 11, 11, 5, 5 tokens), ties in row order
+    assert batch.select(chunks[-1]).input_ids.shape[1] == 5  # padding up to 16 columns is cut
+    whole = policy_forward(agent.model.eval(), batch, value_head=agent.value_head)
+    sorted_out = agent.no_grad_forward(batch, value_head=agent.value_head)
+    torch.testing.assert_close(
+        sorted_out.logprobs, whole.logprobs * batch.response_mask, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(sorted_out.values, whole.values, atol=1e-5, rtol=1e-5)

@@ -75,37 +75,42 @@ class OnPolicyAgent(TrainableAgent):
 
     @torch.no_grad()
     def no_grad_forward(self, batch: TokenBatch, *, reference: bool = False, value_head=None) -> PolicyOutput:
-        """Log-probs (and values) of the whole batch without gradients, micro-batch by micro-batch."""
-        pieces: list[PolicyOutput] = []
-        width = batch.response_mask.shape[1]
+        """Log-probs (and values) of the whole batch without gradients, micro-batch by micro-batch (rows of
+        similar length together, so little padding is computed)."""
+        shape = batch.response_mask.shape
+        logprobs = torch.zeros(shape)
+        values = torch.zeros(shape) if value_head is not None and not reference else None
         was_training = self.model.training
         self.model.eval()
         try:
-            for rows in self.micro_batches(len(batch)):
+            for rows in self.length_sorted_chunks(batch, list(range(len(batch)))):
                 sub = batch.select(rows)
                 with self.autocast():
                     if reference:
-                        pieces.append(self._reference_forward(sub))
+                        out = self._reference_forward(sub)
                     else:
-                        pieces.append(
-                            policy_forward(
-                                self.model,
-                                sub,
-                                chunk_size=self.config.chunk_size,
-                                temperature=self.config.temperature,
-                                value_head=value_head,
-                            )
+                        out = policy_forward(
+                            self.model,
+                            sub,
+                            chunk_size=self.config.chunk_size,
+                            temperature=self.config.temperature,
+                            value_head=value_head,
                         )
+                logprobs[rows] = out.logprobs.float()
+                if values is not None:
+                    values[rows] = out.values.float()
         finally:
             self.model.train(was_training)
+        return PolicyOutput(logprobs=logprobs, values=values)
 
-        def stack(name: str) -> torch.Tensor | None:
-            tensors = [getattr(p, name) for p in pieces]
-            if tensors[0] is None:
-                return None
-            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
-
-        return PolicyOutput(logprobs=stack("logprobs"), values=stack("values"))
+    def length_sorted_chunks(self, batch: TokenBatch, rows: list[int]) -> list[list[int]]:
+        """``rows`` longest first, cut into micro-batches of ``micro_batch_size``: a micro-batch is padded to its
+        longest row only, so grouping similar lengths computes less padding. Gradients are summed over the
+        micro-batches of a minibatch, so the grouping does not change the update."""
+        lengths = batch.lengths
+        ordered = sorted(rows, key=lambda row: -int(lengths[row]))
+        step = max(1, self.config.micro_batch_size)
+        return [ordered[start : start + step] for start in range(0, len(ordered), step)]
 
     def _reference_forward(self, batch: TokenBatch) -> PolicyOutput:
         kwargs = {"chunk_size": self.config.chunk_size, "temperature": self.config.temperature}
@@ -130,11 +135,9 @@ class OnPolicyAgent(TrainableAgent):
         """
         sums: dict[str, float] = defaultdict(float)
         counted_tokens, grad_norms = 0.0, []
-        step = max(1, self.config.micro_batch_size)
         for _ in range(self.config.epochs):
             for rows in self.minibatch_rows(len(batch)):
-                for start in range(0, len(rows), step):
-                    sub_rows = rows[start : start + step]
+                for sub_rows in self.length_sorted_chunks(batch, rows):
                     sub = batch.select(sub_rows)
                     loss, stats = micro_loss(sub, sub_rows, rows)
                     loss.backward()

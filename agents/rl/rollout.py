@@ -248,11 +248,22 @@ class TokenBatch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``(B,)`` prompt + response tokens of each row."""
+        return self.attention_mask.sum(1)
+
     def select(self, rows: Sequence[int] | slice) -> TokenBatch:
+        """These rows, with the input columns that are padding in all of them cut off (the right padding of a
+        long row elsewhere in the batch is not computed again; the response columns keep the batch's width)."""
         index = rows if isinstance(rows, slice) else torch.as_tensor(list(rows), dtype=torch.long)
+        attention_mask = self.attention_mask[index]
+        width = (
+            max(int(attention_mask.sum(1).max()), 1) if attention_mask.numel() else attention_mask.shape[1]
+        )
         return TokenBatch(
-            self.input_ids[index],
-            self.attention_mask[index],
+            self.input_ids[index][:, :width],
+            attention_mask[:, :width],
             self.response_positions[index],
             self.response_mask[index],
         )
