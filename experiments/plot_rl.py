@@ -1,0 +1,101 @@
+"""Several training runs in one figure: held-out accuracy and training reward per policy update, one colour per run.
+
+Why: ``experiments/train.py`` draws each run's own ``curves.png``; comparing seeds (or agents) needs them on
+the same axes. Reads each run's SB3 ``progress.csv``; the held-out accuracy at update 0 (the starting policy,
+measured once and skipped in the runs with ``--skip-initial-eval``) can be given with ``--start-accuracy``.
+
+    python experiments/plot_rl.py runs/rl/grpo_s0 runs/rl/grpo_s1 --labels "seed 0" "seed 1" \\
+        --start-accuracy 0.583 --title "GRPO on Arithmetic level 2" --out docs/rl/grpo_seeds.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def read_series(run_dir: Path, key: str) -> tuple[list[float], list[float]]:
+    """(updates, values) of ``key`` in ``run_dir/progress.csv`` (rows without the key are skipped)."""
+    with open(run_dir / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    points = [
+        (float(row["time/updates"]), float(row[key]))
+        for row in rows
+        if row.get(key) not in (None, "") and row.get("time/updates") not in (None, "")
+    ]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def moving_average(values: list[float], window: int) -> np.ndarray:
+    """Trailing mean over up to ``window`` points (the first points average what exists so far)."""
+    array = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(array, 0, 0.0))
+    ends = np.arange(1, len(array) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def plot_runs(
+    runs: list[Path],
+    labels: list[str],
+    out: Path,
+    *,
+    start_accuracy: float | None = None,
+    window: int = 5,
+    title: str = "",
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (held_out, training) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for index, (run, label) in enumerate(zip(runs, labels, strict=True)):
+        colour = f"C{index}"
+        xs, ys = read_series(run, "eval/accuracy")
+        if start_accuracy is not None and (not xs or xs[0] > 0):
+            xs, ys = [0.0, *xs], [start_accuracy, *ys]
+        held_out.plot(xs, ys, marker="o", color=colour, label=label)
+        xs, ys = read_series(run, "rollout/ep_rew_mean")
+        training.plot(xs, ys, color=colour, alpha=0.25)
+        training.plot(xs, moving_average(ys, window), color=colour, label=f"{label} ({window}-update mean)")
+    held_out.set_title("held-out greedy accuracy")
+    training.set_title("training reward per update (sampled)")
+    for axis in (held_out, training):
+        axis.set_xlabel("policy updates")
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders with a progress.csv")
+    parser.add_argument("--labels", nargs="*", default=None)
+    parser.add_argument("--start-accuracy", type=float, default=None, help="held-out accuracy at update 0")
+    parser.add_argument("--window", type=int, default=5, help="updates in the training-reward moving mean")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    labels = args.labels or [run.name for run in args.runs]
+    path = plot_runs(
+        args.runs, labels, args.out, start_accuracy=args.start_accuracy, window=args.window, title=args.title
+    )
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
