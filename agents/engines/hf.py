@@ -485,10 +485,10 @@ class HFEngine:
         from transformers import DynamicCache
 
         kv = DynamicCache(config=self.model.config)
-        hits: list[tuple[int, Any, Any]] = [(0, None, None)] * len(prompt_ids)
+        hits: list[tuple[int, list[Any]]] = [(0, [])] * len(prompt_ids)
         if cache is not None:
-            hits = [cache.lookup(ids, limit=len(ids) - 1) for ids in prompt_ids]
-        cached = [length for length, _, _ in hits]
+            hits = [cache.lookup_segments(ids, limit=len(ids) - 1) for ids in prompt_ids]
+        cached = [length for length, _ in hits]
         past, new = max(cached), max(len(ids) - c for ids, c in zip(prompt_ids, cached))
         input_ids = torch.full((len(prompt_ids), new), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompt_ids), past + new), dtype=torch.long)
@@ -502,16 +502,21 @@ class HFEngine:
             positions[row, new - s :] = torch.arange(c, len(ids))
             columns.append(list(range(past - c, past)) + list(range(past + new - s, past + new)))
         if past:
-            first = next(k for _, k, _ in hits if k is not None)
+            # Copy the cached segments straight into one (layers, batch, heads, past, dim) tensor and hand each
+            # layer its slice (no intermediate concatenation, no copy by ``DynamicLayer.update``).
+            first = next(segments[0][0] for _, segments in hits if segments)
             layers, heads, _, dim = first.shape
             keys = first.new_zeros((layers, len(prompt_ids), heads, past, dim))
             values = torch.zeros_like(keys)
-            for row, (c, k, v) in enumerate(hits):
-                if c:
-                    keys[:, row, :, past - c :] = k
-                    values[:, row, :, past - c :] = v
-            for layer in range(layers):
-                kv.update(keys[layer], values[layer], layer)
+            for row, (c, segments) in enumerate(hits):
+                at = past - c
+                for k, v in segments:
+                    keys[:, row, :, at : at + k.shape[2]] = k
+                    values[:, row, :, at : at + k.shape[2]] = v
+                    at += k.shape[2]
+            for layer, state in enumerate(kv.layers):
+                state.lazy_initialization(keys[layer], values[layer])
+                state.keys, state.values = keys[layer], values[layer]
         device = self.device
         return kv, input_ids.to(device), attention_mask.to(device), positions.to(device), columns, cached
 

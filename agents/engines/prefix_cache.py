@@ -111,13 +111,12 @@ class PrefixCache:
         """Length of the longest cached prefix of ``ids`` (no side effects)."""
         return self._walk(ids)[0]
 
-    def lookup(
+    def lookup_segments(
         self, ids: Sequence[int], limit: int | None = None
-    ) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
-        """The longest cached prefix of ``ids`` (at most ``limit`` tokens): its length, keys and values.
-
-        Keys and values are ``(layers, kv_heads, length, head_dim)`` (None when nothing matched). The matched
-        edges become the most recently used.
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The longest cached prefix of ``ids`` (at most ``limit`` tokens): its length and its KV states as
+        consecutive (keys, values) views along the path, each ``(layers, kv_heads, tokens, head_dim)``, so a
+        caller can copy them straight into a batch tensor. The matched edges become the most recently used.
         """
         self.lookup_tokens += len(ids)
         depth, path = self._walk(ids)
@@ -131,13 +130,22 @@ class PrefixCache:
                 total += used
             path, depth = kept, total
         if depth == 0:
-            return 0, None, None
+            return 0, []
         self._clock += 1
         for node, _ in path:
             node.last_used = self._clock
-        keys = torch.cat([node.keys[:, :, :used] for node, used in path], dim=2)
-        values = torch.cat([node.values[:, :, :used] for node, used in path], dim=2)
         self.hit_tokens += depth
+        return depth, [(node.keys[:, :, :used], node.values[:, :, :used]) for node, used in path]
+
+    def lookup(
+        self, ids: Sequence[int], limit: int | None = None
+    ) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """Like :meth:`lookup_segments`, with the segments concatenated (None when nothing matched)."""
+        depth, segments = self.lookup_segments(ids, limit)
+        if not depth:
+            return 0, None, None
+        keys = torch.cat([k for k, _ in segments], dim=2)
+        values = torch.cat([v for _, v in segments], dim=2)
         return depth, keys, values
 
     # -- insertion -----------------------------------------------------------------------------------------
