@@ -89,6 +89,10 @@ def test_weights_fingerprint_sees_in_place_updates_and_new_tensors() -> None:
     middle = weights_fingerprint(model)
     model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
     assert weights_fingerprint(model) != middle
+    last = weights_fingerprint(model)
+    for parameter in model.parameters():
+        parameter.data.mul_(1.01)  # ``.data`` has its own version counter: only the value probe sees this
+    assert weights_fingerprint(model) != last
 
 
 # -- the engine ----------------------------------------------------------------------------------------------

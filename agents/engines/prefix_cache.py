@@ -218,17 +218,23 @@ class PrefixCache:
                 heapq.heappush(heap, (parent.last_used, id(parent), parent))
 
 
-def weights_fingerprint(model: Any) -> tuple[int, int, int] | None:
-    """Changes whenever the model's weights may have: another model object, a parameter replaced, or any
-    in-place update (optimizer steps, ``load_state_dict``, ``copy_``, LoRA merges bump ``Tensor._version``).
+def weights_fingerprint(model: Any) -> tuple[Any, ...] | None:
+    """Changes whenever the model's weights may have: another model object, a parameter replaced, any in-place
+    update through the parameter (optimizer steps, ``load_state_dict``, ``copy_``, LoRA merges bump
+    ``Tensor._version``), or values changed behind the version counter (``p.data.copy_(...)`` does not bump it):
+    a probe of 64 evenly spaced values per parameter is summed as well.
 
     None when it cannot tell (inference-mode tensors have no version counter): then nothing cached may be used.
     """
     version = pointers = 0
+    probes = []
     try:
         for parameter in model.parameters():
             version += parameter._version
             pointers += parameter.data_ptr()
+            flat = parameter.detach().reshape(-1)
+            probes.append(flat[:: max(1, flat.numel() // 64)].float().sum())
     except RuntimeError:
         return None
-    return id(model), version, pointers
+    probe = float(torch.stack(probes).sum()) if probes else 0.0
+    return id(model), version, pointers, probe
