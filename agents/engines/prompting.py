@@ -65,11 +65,31 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     return rendered[:cut] + open_content
 
 
+# Appended while encoding a prompt that ends in whitespace, then removed again (see ``encode_prompt``).
+_CONTINUATION_PROBE = "A"
+
+
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a rendered prompt; adds the BOS token only when the text does not already start with it."""
+    """Token ids of a rendered prompt, tokenised the way the text reads inside a longer one.
+
+    Adds the BOS token only when the text does not already start with it. A step prompt ends with the step
+    delimiter, and byte-level BPE tokenisers encode a trailing ``"\n\n"`` as one token that never occurs before
+    a word (``"17\n\nThe"`` is ``'\n', '\n', 'The'``). A model trained on whole solutions then reads an
+    unfamiliar token at exactly the point where it must write the next step (a warm-started policy wrote
+    another equation instead of its answer). So trailing whitespace is encoded as it would be mid-text: encode
+    ``text + probe`` and drop the probe's tokens, provided what is left decodes to the same text.
+    """
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and text.startswith(bos))
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    if not text or not text[-1].isspace():
+        return ids
+    probed = list(tokenizer(text + _CONTINUATION_PROBE, add_special_tokens=add_special)["input_ids"])
+    target = tokenizer.decode(ids, skip_special_tokens=False)
+    for keep in range(len(probed) - 1, max(len(probed) - 4, 0), -1):
+        if tokenizer.decode(probed[:keep], skip_special_tokens=False) == target:
+            return probed[:keep]
+    return ids
 
 
 def step_messages(
