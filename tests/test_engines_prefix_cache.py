@@ -169,6 +169,20 @@ def test_a_prefix_shared_within_one_call_is_prefilled_once(engines) -> None:
     assert ours[3][0].prompt_tokens == full[3]  # nothing shared with the others
 
 
+def test_prompts_of_very_different_lengths_are_prefilled_in_groups_exactly(engines) -> None:
+    cached, plain = engines
+    reference = HFEngine(plain.model, plain.tokenizer, decoder="generate")
+    long = plain.step_prompt(QUESTION, ["We add the tens.", "Then the ones.", "So we get 42."], INSTRUCTION)
+    prompts = ["Hi", long, "Once upon a time", long + " Check:", "The cat"]
+    lengths = [len(plain.encode(p)) for p in prompts]
+    assert len(prompts) * max(lengths) > 1.5 * sum(lengths)  # one padded batch would waste most of its work
+    cached.reset_prefix_cache()
+    for engine in (plain, cached):
+        ours = engine.generate(prompts, n=2, max_new_tokens=6, temperature=0)
+        _assert_same(ours, reference.generate(prompts, n=2, max_new_tokens=6, temperature=0))
+    assert [g[0].prompt_tokens for g in ours][:3] == lengths[:3]  # cold cache: every token was prefilled
+
+
 def test_an_in_place_weight_update_invalidates_the_cache() -> None:
     model, tokenizer = tiny_model(seed=1)
     cached = HFEngine(model, tokenizer)
