@@ -6,6 +6,11 @@ prefilled once and its cache copied for the ``n`` samples, every sampled token's
 cache rows are dropped), so one long answer does not keep short ones generating, nor cost compute. The
 ``decoder="generate"`` path does the same through ``model.generate`` (a logits processor records log-probs, a
 stopping criterion ends sequences) for architectures whose cache the loop cannot slice.
+
+The loop also keeps prompt KV states across calls (``agents.engines.prefix_cache``): a search prompt that extends
+its parent's prefills only its new tokens, prompts sharing an uncached prefix in one call prefill it once, and
+prompts of very different lengths are prefilled in length groups instead of one padded batch. One-token decode
+steps on CPU use ``agents.engines.attention`` (grouped matmuls instead of SDPA with repeated KV heads).
 """
 
 from __future__ import annotations
