@@ -12,6 +12,12 @@ reference model), one optimizer step per update, learning rate 1e-6. openr-gym s
 engine call (``rollout_mode="episode"``) and feeds it to the env step by step; TRL keeps its defaults otherwise
 (its loss "dapo", gradient checkpointing on). Reported: median seconds per update over updates 2..N (update 1
 warms up), ratio openr / TRL, peak RSS of each process.
+
+Two openr-gym runs: ``openr`` (defaults: a group whose rewards are all equal has advantage 0 and, with beta 0,
+an exactly zero gradient, so it is left out of the forward/backward) and ``openr_all``
+(``skip_zero_advantage=False``: every sequence goes through forward and backward, as in TRL). With the base
+model almost every reward is 0, so ``openr`` mostly skips training: ``openr_all`` is the like-for-like number.
+``--trl-first`` runs TRL first (the machine's load drifts; run both orders before quoting a ratio).
 """
 
 from __future__ import annotations
@@ -62,7 +68,9 @@ def _prefer_as_oom_victim() -> None:
         pass
 
 
-def run_openr(args: argparse.Namespace) -> dict[str, Any]:
+def run_openr(args: argparse.Namespace, skip_zero: bool = True) -> dict[str, Any]:
+    """``skip_zero``: GRPO's default of not computing the (exactly zero) gradient of groups whose rewards are all
+    equal; TRL computes it. False does TRL's work."""
     import torch
 
     from agents.engines import HFEngine, load_model
@@ -85,6 +93,7 @@ def run_openr(args: argparse.Namespace) -> dict[str, Any]:
         max_response_tokens=args.max_tokens + 8,
         bf16=True,
         verbose=0,
+        skip_zero_advantage=skip_zero,
     )
     agent = GRPO(HFEngine(model, tokenizer, num_threads=args.threads), ENV_ID, config, env_kwargs=ENV_KWARGS)
 
@@ -94,10 +103,12 @@ def run_openr(args: argparse.Namespace) -> dict[str, Any]:
             self.seconds: list[float] = []
             self.rewards: list[float] = []
             self.tokens: list[float] = []
+            self.rollout_seconds: list[float] = []
 
         def _on_step(self) -> bool:
             values = self.agent.logger.name_to_value
             self.seconds.append(float(values["time/update_seconds"]))
+            self.rollout_seconds.append(float(values["time/rollout_seconds"]))
             self.rewards.append(float(values["rollout/ep_rew_mean"]))
             self.tokens.append(float(values["rollout/tokens"]))
             return True
@@ -106,6 +117,7 @@ def run_openr(args: argparse.Namespace) -> dict[str, Any]:
     agent.learn(args.steps, callback=timer)
     return {
         "step_seconds": timer.seconds,
+        "rollout_seconds": timer.rollout_seconds,
         "rewards": timer.rewards,
         "completion_tokens": timer.tokens,
         "rss_after_load_gb": loaded_rss,
@@ -236,16 +248,22 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         timed = result["step_seconds"][1:] or result["step_seconds"]
         summary[impl] = {
             "median_update_seconds": statistics.median(timed),
+            "update_seconds": result["step_seconds"],
             "peak_rss_gb": result["peak_rss_gb"],
             "mean_reward": statistics.mean(result["rewards"]) if result["rewards"] else None,
             "mean_completion_tokens": statistics.mean(result["completion_tokens"])
             if result["completion_tokens"]
             else None,
         }
-    if all("median_update_seconds" in summary.get(impl, {}) for impl in ("openr", "trl")):
-        summary["ratio_openr_over_trl"] = (
-            summary["openr"]["median_update_seconds"] / summary["trl"]["median_update_seconds"]
-        )
+        if result.get("rollout_seconds"):
+            summary[impl]["median_rollout_seconds"] = statistics.median(
+                result["rollout_seconds"][1:] or result["rollout_seconds"]
+            )
+    for impl in ("openr", "openr_all"):
+        if all("median_update_seconds" in summary.get(name, {}) for name in (impl, "trl")):
+            summary[f"ratio_{impl}_over_trl"] = (
+                summary[impl]["median_update_seconds"] / summary["trl"]["median_update_seconds"]
+            )
     return summary
 
 
@@ -268,18 +286,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--micro-batch-size", type=int, default=8, help="openr-gym sequences per forward/backward"
     )
-    parser.add_argument("--impl", choices=["openr", "trl", "both"], default="both")
+    parser.add_argument(
+        "--impl",
+        choices=["openr", "openr_all", "trl", "both"],
+        default="both",
+        help='"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL)',
+    )
+    parser.add_argument(
+        "--trl-first", action="store_true", help="with --impl both, run TRL before openr-gym (order check)"
+    )
     parser.add_argument("--out", default=None, help="write the JSON report here")
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child_out:
         _prefer_as_oom_victim()
-        result = run_openr(args) if args.impl == "openr" else run_trl(args)
+        result = run_trl(args) if args.impl == "trl" else run_openr(args, skip_zero=args.impl == "openr")
         Path(args.child_out).write_text(json.dumps(result))
         return result
 
-    impls = ["openr", "trl"] if args.impl == "both" else [args.impl]
+    ours = ["openr", "openr_all"]
+    impls = ([*ours, "trl"] if not args.trl_first else ["trl", *ours]) if args.impl == "both" else [args.impl]
     results: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for impl in impls:
@@ -287,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[impl] = _child(impl, args)
         report = {
             "settings": {k: v for k, v in vars(args).items() if k not in ("child_out", "impl", "out")},
+            "order": impls,
             "summary": summarise(results),
             "raw": results,
         }

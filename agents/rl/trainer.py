@@ -344,6 +344,7 @@ class TrainableAgent(Agent):
         seeds = [s for s in self.next_problem_seeds(num_problems) for _ in range(group_size)]
         if not hasattr(self, "_train_vec_env"):
             self._train_vec_env = self.vec_env(len(seeds))
+        started = time.perf_counter()
         episodes = self.run_episodes(
             self._train_vec_env,
             seeds,
@@ -351,6 +352,7 @@ class TrainableAgent(Agent):
             seed=self.config.seed * 1_000_003 + self.num_timesteps,
         )
         self.last_rollout_stats = rollout_stats(episodes)
+        self.last_rollout_stats["time/rollout_seconds"] = time.perf_counter() - started
         return episodes
 
     # --- persistence --------------------------------------------------------------------------------------------
