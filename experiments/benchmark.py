@@ -279,6 +279,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 **config,
             )
             progress.set_postfix_str(f"{key} budget={budget}")
+            reset = getattr(engine, "reset_prefix_cache", None)
+            if reset is not None:  # each row's prompt re-use is its own, not hits left by earlier rows
+                reset()
             results, seconds = run_agent(agent, env, problems, progress)
             row = {
                 "agent": key,
