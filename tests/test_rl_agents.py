@@ -55,7 +55,9 @@ def test_grpo_reward_rises_on_toy_task():
     toy_grpo(tiny_engine()).learn(40, callback=history)
     first, last = np.mean(history.rewards[:5]), np.mean(history.rewards[-5:])
     assert first < 0.15
-    assert last > first + 0.3, history.rewards
+    # The trajectory is chaotic at this learning rate (float rounding changes it after ~10 updates): over six
+    # tiny-model seeds the rise after 40 updates was 0.25 to 0.95, so 0.2 is the margin that does not depend on it.
+    assert last > first + 0.2, history.rewards
 
 
 def test_ppo_reward_rises_on_toy_task():
@@ -228,3 +230,35 @@ def test_length_sorted_micro_batches_give_the_same_log_probs_and_values():
         sorted_out.logprobs, whole.logprobs * batch.response_mask, atol=1e-5, rtol=1e-5
     )
     torch.testing.assert_close(sorted_out.values, whole.values, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prompt_forward_gives_the_same_log_probs_and_gradients():
+    from agents.rl.forward import policy_forward, prompt_groups
+    from agents.rl.rollout import TokenizedEpisode, make_token_batch
+
+    model, _ = tiny_model(0, tokenizer=byte_level_tokenizer())
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 200, (n,), generator=generator).tolist() for n in (7, 4)]
+    shapes = [(0, 5), (1, 2), (0, 1), (1, 6), (0, 3)]  # (prompt, response tokens): groups of 3 and 2 samples
+    items = [
+        TokenizedEpisode(prompts[p], torch.randint(3, 200, (r,), generator=generator).tolist(), [r - 1])
+        for p, r in shapes
+    ]
+    batch = make_token_batch(items, 0)
+    assert prompt_groups(batch) == [[0, 2, 4], [1, 3]]
+    weights = torch.randn(batch.response_mask.shape, generator=generator) * batch.response_mask
+
+    def logprobs_and_grads(rows_per_call):
+        model.zero_grad()
+        out = torch.zeros(batch.response_mask.shape)
+        for rows in rows_per_call:  # one row per call: no prompt is shared
+            logprobs = policy_forward(model, batch.select(rows), temperature=1.3).logprobs
+            (logprobs * weights[rows]).sum().backward()
+            out[rows] = logprobs.detach()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    shared, shared_grads = logprobs_and_grads([list(range(len(batch)))])
+    separate, separate_grads = logprobs_and_grads([[row] for row in range(len(batch))])
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-4)
+    for name, grad in separate_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from agents.engines.logprobs import hidden_states
 from agents.rl.rollout import TokenBatch
 
-__all__ = ["PolicyOutput", "policy_forward"]
+__all__ = ["PolicyOutput", "policy_forward", "prompt_groups"]
 
 
 @dataclass
@@ -47,12 +47,14 @@ def policy_forward(
 ) -> PolicyOutput:
     """Log-probs of the response tokens under ``softmax(logits / temperature)`` (the sampling policy), optional
     entropy (no gradient, for logging) and ``value_head(hidden)`` at the state before each response token."""
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
-    targets = batch.input_ids[:, 1:]
     rows, cols = batch.response_mask.nonzero(as_tuple=True)
     positions = batch.response_positions[rows, cols]
-    picked_hidden = hidden[rows, positions]
-    picked_targets = targets[rows, positions]
+    picked_targets = batch.input_ids[:, 1:][rows, positions]
+    groups = prompt_groups(batch)
+    if len(groups) < len(batch):
+        picked_hidden = _response_hidden_shared_prompts(model, batch, groups)[rows, cols]
+    else:
+        picked_hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1][rows, positions]
     head = model.get_output_embeddings()
     logp_pieces, entropy_pieces = [], []
     for start in range(0, rows.numel(), chunk_size):
@@ -79,3 +81,66 @@ def policy_forward(
             (rows, cols), values
         )
     return out
+
+
+def prompt_groups(batch: TokenBatch) -> list[list[int]]:
+    """Rows that share the same prompt tokens (GRPO/PPO groups: samples of one problem), first-seen order."""
+    prompt_lengths = (batch.response_positions[:, 0] + 1).tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for row, length in enumerate(prompt_lengths):
+        groups.setdefault(tuple(batch.input_ids[row, :length].tolist()), []).append(row)
+    return list(groups.values())
+
+
+def _response_hidden_shared_prompts(model: Any, batch: TokenBatch, groups: list[list[int]]) -> torch.Tensor:
+    """``(B, R, H)``: at ``[b, j]`` the final hidden state that predicts response token j of row b, with each
+    distinct prompt run through the model once (its keys and values are then shared by its rows).
+
+    Why: the G samples of a problem share a prompt that is often as long as the response; computing it once
+    saves (G - 1) / G of the prompt's forward and backward. The maths is the same: the rows attend to the same
+    prompt keys and values, and the gradient through them is summed over the rows, as it is when each row
+    recomputes them. Prompts are left-padded to a common length, responses right-padded.
+    """
+    from transformers import DynamicCache
+
+    decoder = model.get_decoder()
+    device = batch.input_ids.device
+    prompt_lengths = batch.response_positions[:, 0] + 1
+    lengths = batch.attention_mask.sum(1)
+    width = int(prompt_lengths.max())
+    prompt_ids = torch.zeros((len(groups), width), dtype=torch.long, device=device)
+    prompt_mask = torch.zeros((len(groups), width), dtype=torch.long, device=device)
+    group_of_row = torch.zeros(len(batch), dtype=torch.long, device=device)
+    for index, group in enumerate(groups):
+        length = int(prompt_lengths[group[0]])
+        prompt_ids[index, width - length :] = batch.input_ids[group[0], :length]
+        prompt_mask[index, width - length :] = 1
+        group_of_row[group] = index
+    prompt_out = decoder(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+    )
+    shared = prompt_out.past_key_values
+    cache = DynamicCache(config=model.config)
+    for layer_index, layer in enumerate(shared.layers):
+        cache.update(layer.keys[group_of_row], layer.values[group_of_row], layer_index)
+    response_lengths = lengths - prompt_lengths
+    response_width = max(int(response_lengths.max()), 1)
+    response_ids = torch.zeros((len(batch), response_width), dtype=torch.long, device=device)
+    response_mask = torch.zeros((len(batch), response_width), dtype=torch.long, device=device)
+    for row in range(len(batch)):
+        start, count = int(prompt_lengths[row]), int(response_lengths[row])
+        response_ids[row, :count] = batch.input_ids[row, start : start + count]
+        response_mask[row, :count] = 1
+    positions = prompt_lengths[:, None] + torch.arange(response_width, device=device)[None, :]
+    response_out = decoder(
+        input_ids=response_ids,
+        attention_mask=torch.cat([prompt_mask[group_of_row], response_mask], dim=1),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    last_prompt_hidden = prompt_out.last_hidden_state[group_of_row, -1:]
+    return torch.cat([last_prompt_hidden, response_out.last_hidden_state[:, :-1]], dim=1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.rl.forward import PolicyOutput, policy_forward
+from agents.rl.forward import PolicyOutput, policy_forward, prompt_groups
 from agents.rl.rollout import Episode, TokenBatch, episode_to_tokens, make_token_batch
 from agents.rl.trainer import TrainableAgent, TrainConfig
 
@@ -104,11 +104,19 @@ class OnPolicyAgent(TrainableAgent):
         return PolicyOutput(logprobs=logprobs, values=values)
 
     def length_sorted_chunks(self, batch: TokenBatch, rows: list[int]) -> list[list[int]]:
-        """``rows`` longest first, cut into micro-batches of ``micro_batch_size``: a micro-batch is padded to its
-        longest row only, so grouping similar lengths computes less padding. Gradients are summed over the
-        micro-batches of a minibatch, so the grouping does not change the update."""
-        lengths = batch.lengths
-        ordered = sorted(rows, key=lambda row: -int(lengths[row]))
+        """``rows`` cut into micro-batches of ``micro_batch_size``, longest first and the samples of one prompt
+        next to each other: a micro-batch is padded to its longest row only, and ``policy_forward`` runs a prompt
+        its rows share once. Gradients are summed over the micro-batches of a minibatch, so the grouping does
+        not change the update."""
+        lengths = batch.lengths.tolist()
+        group_of_row = {row: index for index, group in enumerate(prompt_groups(batch)) for row in group}
+        longest: dict[int, int] = {}
+        for row in rows:
+            group = group_of_row[row]
+            longest[group] = max(longest.get(group, 0), lengths[row])
+        ordered = sorted(
+            rows, key=lambda row: (-longest[group_of_row[row]], group_of_row[row], -lengths[row])
+        )
         step = max(1, self.config.micro_batch_size)
         return [ordered[start : start + step] for start in range(0, len(ordered), step)]
 
