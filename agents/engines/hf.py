@@ -326,9 +326,13 @@ class HFEngine:
             if length - cache.match_length(first[:length]) >= MIN_SHARED_PREFIX:
                 shared.add(first[:length])
         counts: dict[int, int] = {}
-        prefixes = [list(prefix) for prefix in sorted(shared, key=len)]
-        for start in range(0, len(prefixes), self.max_batch_size):
-            batch = prefixes[start : start + self.max_batch_size]
+        remaining = sorted(shared, key=len)
+        while remaining:
+            # A prefix nested in a longer one goes first, so the longer one prefills only its extension.
+            ready = [p for p in remaining if not any(len(q) < len(p) and p[: len(q)] == q for q in remaining)]
+            remaining = [p for p in remaining if p not in ready]
+            batch = [list(prefix) for prefix in ready[: self.max_batch_size]]
+            remaining = ready[self.max_batch_size :] + remaining
             _, kv, _, _, columns, cached = self._prefill(batch, cache)
             for row, prefix in enumerate(batch):
                 cache.insert(prefix, self._kv_range(kv, row, columns[row]))
