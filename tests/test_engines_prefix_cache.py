@@ -204,6 +204,23 @@ def test_an_in_place_weight_update_invalidates_the_cache() -> None:
     )
 
 
+def test_caching_pauses_while_every_call_sees_new_weights() -> None:
+    model, tokenizer = tiny_model(seed=2)
+    engine = HFEngine(model, tokenizer)
+    prompt = engine.step_prompt(QUESTION, [], INSTRUCTION)
+    stored = []
+    for _ in range(4):  # an RL loop: rollout, optimizer step, rollout, ...
+        engine.generate([prompt], max_new_tokens=3, temperature=0)
+        stored.append(engine.prefix_cache.tokens)
+        with torch.no_grad():
+            next(model.parameters()).add_(0.01)
+    assert stored[0] > 0 and stored[1] > 0 and stored[2:] == [0, 0]  # paused from the third changed call
+    engine.generate([prompt], max_new_tokens=3, temperature=0)  # weights changed once more: still paused
+    first = engine.generate([prompt], max_new_tokens=3, temperature=0)  # stable weights: caching resumes
+    assert first[0][0].prompt_tokens == len(engine.encode(prompt)) and engine.prefix_cache.tokens > 0
+    assert engine.generate([prompt], max_new_tokens=3, temperature=0)[0][0].prompt_tokens == 1
+
+
 def test_budget_bounds_memory_and_zero_disables() -> None:
     model, tokenizer = tiny_model(seed=0)
     small = HFEngine(model, tokenizer, prefix_cache_tokens=40)

@@ -126,6 +126,8 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 # Shared uncached prefixes shorter than this are not worth a separate prefill pass.
 MIN_SHARED_PREFIX = 16
+# Calls in a row that found new weights after which the prefix cache pauses (see HFEngine._valid_prefix_cache).
+STALE_CALLS_TO_PAUSE = 3
 # Prefill in groups of similar length once one padded batch would compute more than this x its real tokens ...
 PADDING_SLACK = 1.5
 # ... each group holding prompts at least this fraction of its longest one's length.
@@ -205,6 +207,7 @@ class HFEngine:
         self.stats = GenerationStats()
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self._cached_weights: Any = None
+        self._weight_changes = 0
         self.eos_token_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))
@@ -344,8 +347,10 @@ class HFEngine:
         """The prefix cache if it may be used now; cleared first when the weights changed since it was filled.
 
         The engine shares its model with RL trainers that update it in place, so every call compares a cheap
-        fingerprint of the parameters (object, storage pointers, in-place version counters) with the one the
-        cached states were computed under.
+        fingerprint of the parameters (object, storage pointers, in-place version counters, a value probe) with
+        the one the cached states were computed under. When the weights have changed before each of the last
+        ``STALE_CALLS_TO_PAUSE`` calls (an RL loop: rollout, update, rollout), states stored now would never be
+        read, so caching pauses until a call finds the weights unchanged.
         """
         if self.prefix_cache is None or self.decoder != "loop" or not _plain_dynamic_layers(self.model):
             return None
@@ -353,7 +358,12 @@ class HFEngine:
         if fingerprint is None or fingerprint != self._cached_weights:
             self.prefix_cache.clear()
             self._cached_weights = fingerprint
-        return self.prefix_cache if fingerprint is not None else None
+            self._weight_changes += 1
+        else:
+            self._weight_changes = 0
+        if fingerprint is None or self._weight_changes >= STALE_CALLS_TO_PAUSE:
+            return None
+        return self.prefix_cache
 
     def _left_padded(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in prompt_ids)
