@@ -47,7 +47,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--prefix-cache-tokens", type=int, default=16384, help="HFEngine prefix-cache budget when on"
     )
     parser.add_argument(
-        "--repeats", type=int, default=1, help="hf: on/off pairs per agent (wall-time ratio = their median)"
+        "--repeats",
+        type=int,
+        default=1,
+        help="on/off pairs per agent (wall-time ratio = their median); vllm: order alternates on-off, off-on",
     )
     parser.add_argument("--out", default="runs/search_efficiency.json")
     return parser.parse_args(argv)
@@ -67,13 +70,15 @@ def build_engine(args: argparse.Namespace, prefix_caching: bool, loaded: dict) -
         return engine
     from agents.engines import VLLMEngine
 
-    return VLLMEngine(
+    engine = VLLMEngine(
         args.model,
         seed=args.seed,
         enable_prefix_caching=prefix_caching,
         enforce_eager=args.eager,
         in_process=True,  # no engine-core RPC: a busy machine made the multiprocess engine time out
     )
+    engine.generate(["Warm up the kernels."] * 4, max_new_tokens=8, temperature=0.7, seed=0)  # not timed
+    return engine
 
 
 def agent_keys(args: argparse.Namespace) -> list[str]:
@@ -120,12 +125,17 @@ def measure(
 
 
 def run(
-    args: argparse.Namespace, prefix_caching: bool, env: Any, problems: list[dict], loaded: dict | None = None
+    args: argparse.Namespace,
+    prefix_caching: bool,
+    env: Any,
+    problems: list[dict],
+    loaded: dict | None = None,
+    repeat: int = 0,
 ) -> list[dict]:
     """Every agent with one engine (vLLM: one engine start per setting)."""
     engine = build_engine(args, prefix_caching, loaded if loaded is not None else {})
     try:
-        return [measure(args, engine, key, prefix_caching, env, problems) for key in agent_keys(args)]
+        return [measure(args, engine, key, prefix_caching, env, problems, repeat) for key in agent_keys(args)]
     finally:
         close = getattr(engine, "close", None)
         if callable(close):
@@ -161,8 +171,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     problems = draw_problems(env, args.num_problems, args.seed)
     if args.engine == "hf":
         rows = run_interleaved(args, env, problems)
-    else:
-        rows = run(args, True, env, problems) + run(args, False, env, problems)
+    else:  # one in-process engine at a time; alternating the order cancels a steady drift in machine load
+        rows = []
+        for repeat in range(args.repeats):
+            for setting in (True, False) if repeat % 2 == 0 else (False, True):
+                rows += run(args, setting, env, problems, repeat=repeat)
+        rows.sort(key=lambda row: row["repeat"])  # stable: on/off rows stay paired by repeat
     print(
         f"{'agent':12s} {'caching':>7s} {'processed/prob':>14s} {'full/prob':>10s} {'processed/full':>14s} {'s':>7s}"
     )
