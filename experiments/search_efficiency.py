@@ -40,6 +40,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--eager", action="store_true", help="vLLM enforce_eager (faster start, slower decode)"
     )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="vLLM KV block size (CPU default 128); prefix caching reuses whole blocks only",
+    )
     parser.add_argument("--engine", default="vllm", choices=("vllm", "hf"), help="backend (hf: HFEngine)")
     parser.add_argument("--dtype", default="bfloat16", help="model dtype (hf engine)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (hf engine)")
@@ -76,6 +82,7 @@ def build_engine(args: argparse.Namespace, prefix_caching: bool, loaded: dict) -
         enable_prefix_caching=prefix_caching,
         enforce_eager=args.eager,
         in_process=True,  # no engine-core RPC: a busy machine made the multiprocess engine time out
+        **({"block_size": args.block_size} if args.block_size else {}),
     )
     engine.generate(["Warm up the kernels."] * 4, max_new_tokens=8, temperature=0.7, seed=0)  # not timed
     return engine
