@@ -119,10 +119,13 @@ def measure(
     reset = getattr(engine, "reset_prefix_cache", None)
     if callable(reset):  # each agent starts cold: no prompts cached by the agent before it
         reset()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     results = agent.solve_many(env, problems)
     row = {"agent": key, "engine": args.engine, "prefix_caching": prefix_caching, "repeat": repeat}
     row.update(summarize(results, time.perf_counter() - started))
+    # CPU seconds of this process: on a shared machine far steadier than wall time (the engine process of an
+    # out-of-process vLLM engine is not included)
+    row["cpu_seconds"] = time.process_time() - cpu_started
     cache = getattr(engine, "prefix_cache", None)
     if cache is not None:
         row["prefix_cache_tokens_stored"] = cache.tokens
@@ -186,22 +189,26 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         rows.sort(key=lambda row: row["repeat"])  # stable: on/off rows stay paired by repeat
     print(
         f"{'agent':12s} {'caching':>7s} {'processed/prob':>14s} {'full/prob':>10s} {'processed/full':>14s} {'s':>7s}"
+        f" {'cpu s':>7s}"
     )
     for row in rows:
         print(
             f"{row['agent']:12s} {'on' if row['prefix_caching'] else 'off':>7s} {row['prompt_tokens']:14.0f}"
             f" {row['full_prompt_tokens']:10.0f} {row['prompt_reuse_ratio']:14.2f} {row['seconds']:7.1f}"
-            f"  (a perfect prefix cache: {row['ideal_reuse_ratio']:.2f})"
+            f" {row['cpu_seconds']:7.1f}  (a perfect prefix cache: {row['ideal_reuse_ratio']:.2f})"
         )
     for key in dict.fromkeys(row["agent"] for row in rows):
         on = [r for r in rows if r["agent"] == key and r["prefix_caching"]]
         off = [r for r in rows if r["agent"] == key and not r["prefix_caching"]]
         ratios = [a["seconds"] / b["seconds"] for a, b in zip(on, off)]
+        cpu = [a["cpu_seconds"] / b["cpu_seconds"] for a, b in zip(on, off)]
         print(
             f"{key}: processed prompt tokens with caching / without = "
             f"{on[0]['prompt_tokens'] / max(off[0]['prompt_tokens'], 1):.2f}; wall time on / off = "
             f"{_median(ratios):.2f}"
             + (f" (median of {' '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else "")
+            + f"; CPU time on / off = {_median(cpu):.2f}"
+            + (f" (median of {' '.join(f'{r:.2f}' for r in cpu)})" if len(cpu) > 1 else "")
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
