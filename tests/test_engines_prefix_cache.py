@@ -219,6 +219,10 @@ def test_caching_pauses_while_every_call_sees_new_weights() -> None:
     first = engine.generate([prompt], max_new_tokens=3, temperature=0)  # stable weights: caching resumes
     assert first[0][0].prompt_tokens == len(engine.encode(prompt)) and engine.prefix_cache.tokens > 0
     assert engine.generate([prompt], max_new_tokens=3, temperature=0)[0][0].prompt_tokens == 1
+    for _ in range(4):  # clearing by hand is not a weight change: caching never pauses for it
+        engine.reset_prefix_cache()
+        engine.generate([prompt], max_new_tokens=3, temperature=0)
+        assert engine.prefix_cache.tokens > 0
 
 
 def test_budget_bounds_memory_and_zero_disables() -> None:

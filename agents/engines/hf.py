@@ -300,7 +300,6 @@ class HFEngine:
         """Forget every cached prompt state (done automatically when the weights change; see below)."""
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
-        self._cached_weights = None
 
     @property
     def prefix_cache_bytes_per_token(self) -> int:
