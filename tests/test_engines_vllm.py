@@ -136,12 +136,13 @@ def test_seeded_sampling_beyond_one_step_budget(vllm_engine) -> None:
 
 @pytest.mark.vllm
 def test_prefix_cache_reuse_is_reported(vllm_engine, hf_engine: HFEngine) -> None:
-    shared = hf_engine.step_prompt(QUESTION, ["We add the tens. " * 20], INSTRUCTION)
+    shared = hf_engine.step_prompt(QUESTION, ["We add the tens. " * 24], INSTRUCTION)  # branches split at 170
     full = len(hf_engine.encode(shared + "First branch"))
     vllm_engine.generate([shared + "First branch"], max_new_tokens=2, temperature=0)
     before = vllm_engine.stats.prompt_tokens
     out = vllm_engine.generate([shared + "Second branch"], max_new_tokens=2, temperature=0)
     assert out[0][0].prompt_tokens < full // 2  # only the tail after the cached blocks is processed
+    assert out[0][0].prompt_tokens < 32  # 32-token blocks on CPU (vLLM-CPU's default 128 re-reads 44 here)
     assert vllm_engine.stats.prompt_tokens - before == out[0][0].prompt_tokens
 
 
