@@ -27,7 +27,7 @@ from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .logprobs import sequence_logprobs
 from .models import load_model
 from .prefix_cache import PrefixCache, weights_fingerprint
-from .prompting import DEFAULT_STEP_DELIMITER, encode_prompt, render_prompt, step_prompt
+from .prompting import DEFAULT_STEP_DELIMITER, TokenizerPrompts
 from .stopping import earliest_stop, finish_completion
 
 __all__ = ["HFEngine"]
@@ -151,7 +151,7 @@ def _plain_dynamic_layers(model: Any) -> bool:
     return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 
-class HFEngine:
+class HFEngine(TokenizerPrompts):
     """Batched generation and scoring with an in-process transformers model.
 
     Args:
@@ -224,17 +224,6 @@ class HFEngine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    # -- prompts -------------------------------------------------------------------------------------------
-    def render(self, prompt: Prompt) -> str:
-        """The text the model reads for ``prompt`` (chat messages go through the chat template)."""
-        return render_prompt(self._tokenizer, prompt)
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        return encode_prompt(self._tokenizer, self.render(prompt))
-
-    def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> str:
-        return step_prompt(self._tokenizer, question, steps, instruction, self.step_delimiter)
 
     # -- generation ----------------------------------------------------------------------------------------
     def generate(

@@ -14,6 +14,7 @@ from .base import Prompt
 
 __all__ = [
     "DEFAULT_STEP_DELIMITER",
+    "TokenizerPrompts",
     "encode_prompt",
     "has_chat_template",
     "plain_step_prompt",
@@ -126,3 +127,25 @@ def step_prompt(
     if has_chat_template(tokenizer):
         return render_prompt(tokenizer, step_messages(question, steps, instruction, delimiter))
     return plain_step_prompt(question, steps, instruction, delimiter)
+
+
+class TokenizerPrompts:
+    """Prompt methods of an engine that holds a local tokenizer (``self._tokenizer``, ``self.step_delimiter``).
+
+    HF and vLLM both render and encode prompts here, so the two backends see the same token ids.
+    """
+
+    _tokenizer: Any
+    step_delimiter: str
+
+    def render(self, prompt: Prompt) -> str:
+        """The text the model reads for ``prompt`` (chat messages go through the chat template)."""
+        return render_prompt(self._tokenizer, prompt)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of ``prompt`` (see ``encode_prompt`` for the trailing-delimiter rule)."""
+        return encode_prompt(self._tokenizer, self.render(prompt))
+
+    def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> str:
+        """The rendered prompt whose continuation is the next reasoning step."""
+        return step_prompt(self._tokenizer, question, steps, instruction, self.step_delimiter)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .models import resolve_dtype, resolve_model_path
-from .prompting import DEFAULT_STEP_DELIMITER, encode_prompt, render_prompt, step_prompt
+from .prompting import DEFAULT_STEP_DELIMITER, TokenizerPrompts
 from .stopping import finish_completion
 
 __all__ = ["VLLMEngine", "import_vllm"]
@@ -56,7 +56,7 @@ def _reload_worker_weights(worker: Any, source: str | list[tuple[str, Any]], tie
         head.quant_method.process_weights_after_loading(head)
 
 
-class VLLMEngine:
+class VLLMEngine(TokenizerPrompts):
     """Batched generation and scoring on a vLLM engine (same :class:`Completion` results as :class:`HFEngine`).
 
     Args:
@@ -161,16 +161,6 @@ class VLLMEngine:
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
-
-    # -- prompts -------------------------------------------------------------------------------------------
-    def render(self, prompt: Prompt) -> str:
-        return render_prompt(self._tokenizer, prompt)
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        return encode_prompt(self._tokenizer, self.render(prompt))
-
-    def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> str:
-        return step_prompt(self._tokenizer, question, steps, instruction, self.step_delimiter)
 
     # -- generation ----------------------------------------------------------------------------------------
     def generate(
