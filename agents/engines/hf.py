@@ -476,6 +476,14 @@ class HFEngine(TokenizerPrompts):
             hits = [cache.lookup_segments(ids, limit=len(ids) - 1) for ids in prompt_ids]
         cached = [length for length, _ in hits]
         hits = self._prefill_in_length_groups(prompt_ids, hits)
+        out, kv, attention_mask, positions, columns = self._prefill_past(prompt_ids, hits)
+        return out, kv, attention_mask, positions, columns, cached
+
+    def _prefill_past(
+        self, prompt_ids: list[list[int]], hits: list[tuple[int, list[Any]]]
+    ) -> tuple[Any, Any, torch.Tensor, torch.Tensor, list[list[int]]]:
+        """One forward pass over the uncached prompt tokens: (output with the last position's logits, KV cache,
+        attention mask, position ids, each row's cache columns)."""
         kv, input_ids, attention_mask, positions, columns = self._prefill_inputs(prompt_ids, hits)
         out = self.model(
             input_ids=input_ids,
@@ -485,7 +493,7 @@ class HFEngine(TokenizerPrompts):
             use_cache=True,
             logits_to_keep=1,
         )
-        return out, kv, attention_mask, positions, columns, cached
+        return out, kv, attention_mask, positions, columns
 
     def _prefill_in_length_groups(
         self, prompt_ids: list[list[int]], hits: list[tuple[int, list[Any]]]
@@ -514,17 +522,7 @@ class HFEngine(TokenizerPrompts):
         hits = list(hits)
         for group in groups:
             heads = [prompt_ids[r][:-1] for r in group]
-            kv, input_ids, attention_mask, positions, columns = self._prefill_inputs(
-                heads, [hits[r] for r in group]
-            )
-            self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                past_key_values=kv,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            _, kv, _, _, columns = self._prefill_past(heads, [hits[r] for r in group])
             for i, row in enumerate(group):
                 start, segments = hits[row]
                 hits[row] = (
