@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from experiments.benchmark import AGENTS, draw_problems, summarize
@@ -165,12 +166,6 @@ def run_interleaved(args: argparse.Namespace, env: Any, problems: list[dict]) ->
     ]
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     import gymnasium as gym
@@ -205,9 +200,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(
             f"{key}: processed prompt tokens with caching / without = "
             f"{on[0]['prompt_tokens'] / max(off[0]['prompt_tokens'], 1):.2f}; wall time on / off = "
-            f"{_median(ratios):.2f}"
+            f"{median(ratios):.2f}"
             + (f" (median of {' '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else "")
-            + f"; CPU time on / off = {_median(cpu):.2f}"
+            + f"; CPU time on / off = {median(cpu):.2f}"
             + (f" (median of {' '.join(f'{r:.2f}' for r in cpu)})" if len(cpu) > 1 else "")
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,11 @@ def _kv(ids: list[int]):
 
 
 def _stored(cache: PrefixCache, ids: list[int]) -> list[int]:
-    length, keys, values = cache.lookup(ids)
+    length, segments = cache.lookup_segments(ids)
     if not length:
         return []
+    keys = torch.cat([k for k, _ in segments], dim=2)
+    values = torch.cat([v for _, v in segments], dim=2)
     assert keys.shape == (2, 1, length, 3) and torch.equal(values, -keys)
     return [int(x) for x in keys[0, 0, :, 0]]
 
@@ -44,7 +46,7 @@ def test_longest_common_prefix_is_served_and_edges_split() -> None:
     cache.insert([1, 2, 3, 4, 5], _kv([1, 2, 3, 4, 5]))
     assert _stored(cache, [1, 2, 3, 9]) == [1, 2, 3]  # a prefix of a cached sequence, not only whole entries
     assert _stored(cache, [7, 1]) == []
-    assert cache.lookup([1, 2, 3, 4, 5, 6], limit=2)[0] == 2
+    assert cache.lookup_segments([1, 2, 3, 4, 5, 6], limit=2)[0] == 2
     cache.insert([1, 2, 3, 9, 9], _kv([1, 2, 3, 9, 9]))  # splits the edge after 3; shared tokens stored once
     assert cache.tokens == 7
     assert _stored(cache, [1, 2, 3, 9, 9, 1]) == [1, 2, 3, 9, 9]
@@ -58,7 +60,7 @@ def test_least_recently_used_leaves_go_first_and_budget_holds() -> None:
     cache.insert([1, 2, 3, 4], _kv([1, 2, 3, 4]))
     cache.insert([1, 2, 7, 8], _kv([1, 2, 7, 8]))
     cache.insert([5, 6], _kv([5, 6]))
-    cache.lookup([1, 2, 3, 4])  # now [7, 8] and [5, 6] are older
+    cache.lookup_segments([1, 2, 3, 4])  # now [7, 8] and [5, 6] are older
     cache.insert([9, 9, 9, 9], _kv([9, 9, 9, 9]))
     assert cache.tokens <= 9
     assert _stored(cache, [1, 2, 3, 4]) == [1, 2, 3, 4]

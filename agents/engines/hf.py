@@ -15,6 +15,7 @@ steps on CPU use ``agents.engines.attention`` (grouped matmuls instead of SDPA w
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
@@ -26,7 +27,7 @@ from .attention import fast_decode_attention
 from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .logprobs import sequence_logprobs
 from .models import load_model
-from .prefix_cache import PrefixCache, weights_fingerprint
+from .prefix_cache import PrefixCache, common_length, weights_fingerprint
 from .prompting import DEFAULT_STEP_DELIMITER, TokenizerPrompts
 from .stopping import earliest_stop, finish_completion
 
@@ -134,15 +135,6 @@ PADDING_SLACK = 1.5
 GROUP_RATIO = 0.75
 
 
-def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
-    length = 0
-    for a, b in zip(first, second):
-        if a != b:
-            break
-        length += 1
-    return length
-
-
 def _plain_dynamic_layers(model: Any) -> bool:
     """Whether every layer's cache holds the whole sequence (no sliding window), so its columns can be reused."""
     from transformers import DynamicCache
@@ -224,6 +216,11 @@ class HFEngine(TokenizerPrompts):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @functools.cached_property
+    def _reusable_kv_layers(self) -> bool:
+        """Whether cached KV columns can be reused for this model (a property of its config: computed once)."""
+        return _plain_dynamic_layers(self.model)
 
     # -- generation ----------------------------------------------------------------------------------------
     def generate(
@@ -313,7 +310,7 @@ class HFEngine(TokenizerPrompts):
         shared: set[tuple[int, ...]] = set()
         for first, second in zip(distinct, distinct[1:]):
             # stop before either prompt's last token: that one is prefilled with its prompt for its logits
-            length = min(_common_prefix(first, second), len(first) - 1, len(second) - 1)
+            length = min(common_length(first, second), len(first) - 1, len(second) - 1)
             if length - cache.match_length(first[:length]) >= MIN_SHARED_PREFIX:
                 shared.add(first[:length])
         counts: dict[int, int] = {}
@@ -340,7 +337,7 @@ class HFEngine(TokenizerPrompts):
         ``STALE_CALLS_TO_PAUSE`` calls (an RL loop: rollout, update, rollout), states stored now would never be
         read, so caching pauses until a call finds the weights unchanged.
         """
-        if self.prefix_cache is None or self.decoder != "loop" or not _plain_dynamic_layers(self.model):
+        if self.prefix_cache is None or self.decoder != "loop" or not self._reusable_kv_layers:
             return None
         fingerprint = weights_fingerprint(self.model)
         if fingerprint is None or fingerprint != self._cached_weights:
@@ -511,7 +508,7 @@ class HFEngine(TokenizerPrompts):
         real = sum(remaining) + len(prompt_ids)
         if len(prompt_ids) < 2 or len(prompt_ids) * width <= PADDING_SLACK * real:
             return hits
-        if not _plain_dynamic_layers(self.model):
+        if not self._reusable_kv_layers:
             return hits
         groups: list[list[int]] = []
         for row in sorted((r for r in range(len(prompt_ids)) if remaining[r]), key=lambda r: -remaining[r]):

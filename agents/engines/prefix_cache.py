@@ -50,7 +50,8 @@ class _Node:
         self.last_used = 0
 
 
-def _common_length(edge: Sequence[int], ids: Sequence[int], start: int) -> int:
+def common_length(edge: Sequence[int], ids: Sequence[int], start: int = 0) -> int:
+    """Length of the common prefix of ``edge`` and ``ids[start:]``."""
     limit = min(len(edge), len(ids) - start)
     length = 0
     while length < limit and edge[length] == ids[start + length]:
@@ -73,13 +74,6 @@ class PrefixCache:
         self._clock = 0
         self.tokens = 0
         """Tokens stored now."""
-        self.hit_tokens = 0
-        """Prompt tokens served from the cache since creation (not reset by :meth:`clear`)."""
-        self.lookup_tokens = 0
-        """Prompt tokens looked up since creation."""
-
-    def __len__(self) -> int:
-        return self.tokens
 
     @property
     def nbytes(self) -> int:
@@ -99,7 +93,7 @@ class PrefixCache:
             child = node.children.get(ids[depth])
             if child is None:
                 break
-            used = _common_length(child.tokens, ids, depth)
+            used = common_length(child.tokens, ids, depth)
             path.append((child, used))
             depth += used
             if used < len(child.tokens):
@@ -118,7 +112,6 @@ class PrefixCache:
         consecutive (keys, values) views along the path, each ``(layers, kv_heads, tokens, head_dim)``, so a
         caller can copy them straight into a batch tensor. The matched edges become the most recently used.
         """
-        self.lookup_tokens += len(ids)
         depth, path = self._walk(ids)
         if limit is not None and depth > limit:
             kept, total = [], 0
@@ -134,19 +127,7 @@ class PrefixCache:
         self._clock += 1
         for node, _ in path:
             node.last_used = self._clock
-        self.hit_tokens += depth
         return depth, [(node.keys[:, :, :used], node.values[:, :, :used]) for node, used in path]
-
-    def lookup(
-        self, ids: Sequence[int], limit: int | None = None
-    ) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
-        """Like :meth:`lookup_segments`, with the segments concatenated (None when nothing matched)."""
-        depth, segments = self.lookup_segments(ids, limit)
-        if not depth:
-            return 0, None, None
-        keys = torch.cat([k for k, _ in segments], dim=2)
-        values = torch.cat([v for _, v in segments], dim=2)
-        return depth, keys, values
 
     # -- insertion -----------------------------------------------------------------------------------------
     def insert(self, ids: Sequence[int], kv_range: KVRange) -> None:
@@ -164,7 +145,7 @@ class PrefixCache:
             child = node.children.get(ids[depth])
             if child is None:
                 break
-            used = _common_length(child.tokens, ids, depth)
+            used = common_length(child.tokens, ids, depth)
             if used < len(child.tokens):
                 child = self._split(child, used)
             child.last_used = self._clock
