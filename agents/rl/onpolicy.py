@@ -77,9 +77,9 @@ class OnPolicyAgent(TrainableAgent):
     def no_grad_forward(self, batch: TokenBatch, *, reference: bool = False, value_head=None) -> PolicyOutput:
         """Log-probs (and values) of the whole batch without gradients, micro-batch by micro-batch (rows of
         similar length together, so little padding is computed)."""
-        shape = batch.response_mask.shape
-        logprobs = torch.zeros(shape)
-        values = torch.zeros(shape) if value_head is not None and not reference else None
+        shape, device = batch.response_mask.shape, batch.response_mask.device
+        logprobs = torch.zeros(shape, device=device)
+        values = torch.zeros(shape, device=device) if value_head is not None and not reference else None
         was_training = self.model.training
         self.model.eval()
         try:

@@ -63,9 +63,11 @@ class MCTS(SearchAgent):
             if not leaves:
                 continue
             children = expander.expand(leaves, n=cfg.num_expansions, temperature=cfg.temperature)
-            self.value.evaluate([c for kids in children for c in kids], expander.ledgers)
+            new_nodes = [c for kids in children for c in kids]
             if cfg.leaf_value == "rollout":
-                self._rollout([c for kids in children for c in kids], expander, rollouts)
+                self._rollout(new_nodes, expander, rollouts)
+            else:
+                self.value.evaluate(new_nodes, expander.ledgers)
             for leaf, kids in zip(leaves, children):
                 for child in kids:
                     child.visits, child.value_sum = 1, float(child.value or 0.0)
@@ -73,10 +75,13 @@ class MCTS(SearchAgent):
         return self._answers(expander, roots, rollouts)
 
     def _rollout(self, nodes: list[Node], expander: Expander, rollouts: list[list[Node]]) -> None:
-        """Value ``nodes`` by greedy rollouts; finished rollouts become answer candidates, not tree nodes."""
+        """Value ``nodes`` by greedy rollouts; finished rollouts become answer candidates, not tree nodes.
+
+        One value call for the wave: the nodes that finished and the ends of the others' rollouts."""
         fresh = [node for node in nodes if not node.done]
         ends = expander.complete(fresh, temperature=0.0)
-        self.value.evaluate([end for end in ends if end.path_tokens], expander.ledgers)
+        scored = [node for node in nodes if node.done] + [end for end in ends if end.path_tokens]
+        self.value.evaluate(scored, expander.ledgers)
         for node, end in zip(fresh, ends):
             node.children = []  # the rollout chain stays reachable from ``end`` only
             rollouts[end.problem].append(end)
