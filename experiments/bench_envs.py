@@ -75,19 +75,22 @@ def _timed_pass(judger: MathJudger, pairs: list[tuple[str, str]]) -> dict:
     }
 
 
-def _clear_parse_caches() -> None:
-    """Forget every parsed reference and prediction (the in-process exact forms and the verifier's parses)."""
+def _clear_parse_caches() -> _VerifyProcess:
+    """Forget every parsed reference and prediction (the in-process exact forms and the verifier's parses);
+    returns a fresh, started verifier (started outside any timed pass)."""
     parse_answer.cache_clear()
     normalize_reference.cache_clear()
     for worker in _VerifyProcess._instances.values():
         worker.kill()  # a fresh verifier: nothing parsed yet
+    worker = _VerifyProcess.shared()
+    worker.verify([("1", "2")], timeout=60.0)
+    return worker
 
 
 def _math_verify_only(pairs: list[tuple[str, str]], timeout: float) -> dict:
     """Baseline in the same run: every pair through a fresh math-verify worker whose references are already parsed
     (what the judger cost before the exact rules), predictions new."""
-    _clear_parse_caches()
-    worker = _VerifyProcess.shared()
+    worker = _clear_parse_caches()
     worker.verify([(ref, ref) for _, ref in pairs], timeout=600.0)  # parse every reference once, untimed
     times = []
     for pred, ref in pairs:
@@ -105,13 +108,11 @@ def bench_judger(math500: list[dict], timeout: float) -> dict:
     gold_pairs = [(row["solution"], row["answer"]) for row in math500]
     _clear_parse_caches()
     judger = MathJudger(timeout=timeout)
-    _VerifyProcess.shared().verify([("1", "2")], timeout=60.0)  # start the verifier outside the timed passes
     cold = _timed_pass(judger, cold_pairs)
     warm = _timed_pass(judger, warm_pairs)  # references parsed in the cold pass; predictions new
     gold = _timed_pass(MathJudger(timeout=timeout), gold_pairs)  # full solutions: extraction + equal answers
     _clear_parse_caches()
     fresh = MathJudger(timeout=timeout)
-    _VerifyProcess.shared().verify([("1", "2")], timeout=60.0)
     batch_pairs = [(f"\\boxed{{{_perturb(a, 3)}}}", a) for a in answers]
     start = time.perf_counter()
     fresh.judge_many(batch_pairs)
@@ -179,7 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"decided by exact rules (no math-verify): {judger['decided_by_exact_rules']:.1%} of cached-pass pairs; "
             f"cached vs math-verify only: {judger['speedup_vs_math_verify_only']:.1f}x"
         )
-        slowest = max(results["judger"][k]["max_ms"] for k in ("cold_reference", "cached_reference"))
+        slowest = max(
+            results["judger"][k]["max_ms"] for k in ("cold_reference", "cached_reference", "gold_solutions")
+        )
         console.print(f"slowest judgement: {slowest:.0f} ms (limit {args.timeout * 1e3:.0f} ms)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -3,6 +3,6 @@ need not import ``rewards``)."""
 
 from __future__ import annotations
 
-from reasoning_gym.judging.judge import MathJudger, _VerifyProcess, normalize_reference, rule_verdict
+from reasoning_gym.judging.judge import MathJudger, normalize_reference, rule_verdict
 
-__all__ = ["MathJudger", "_VerifyProcess", "normalize_reference", "rule_verdict"]
+__all__ = ["MathJudger", "normalize_reference", "rule_verdict"]

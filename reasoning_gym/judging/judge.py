@@ -36,7 +36,7 @@ from pathlib import Path
 from reasoning_gym.judging.answer import extract_answer, last_number, normalize_number
 from reasoning_gym.judging.canonical import decide
 
-__all__ = ["MathJudger", "normalize_reference"]
+__all__ = ["MathJudger", "normalize_reference", "rule_verdict"]
 
 _MAX_ANSWER_CHARS = 1000  # no real final answer is longer; longer ones are judged False without parsing
 _BASE_SUBSCRIPT = re.compile(r"[0-9A-Za-z]+_\{?\d+\}?")
