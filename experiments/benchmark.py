@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -154,7 +155,7 @@ def summarize(results: Sequence[dict], seconds: float) -> dict[str, float]:
         "prompt_tokens": mean("prompt_tokens"),
         "full_prompt_tokens": mean("full_prompt_tokens"),
         "prompt_reuse_ratio": sum(r["prompt_tokens"] for r in results) / full if full else 1.0,
-        "ideal_reuse_ratio": sum(r.get("ideal_prompt_tokens", 0) for r in results) / full if full else 1.0,
+        "ideal_reuse_ratio": sum(r["ideal_prompt_tokens"] for r in results) / full if full else 1.0,
         "engine_calls": mean("engine_calls"),
         "prm_calls": mean("prm_calls"),
         "seconds_per_problem": seconds / count,
@@ -224,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import reasoning_gym  # noqa: F401  (registers openr/*)
     from agents.base import set_global_seed
 
-    console = Console(width=None if Console().is_terminal else 160)  # logs keep the table's full width
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep the table's full width
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or Path("runs") / "benchmark" / f"{args.env.split('/')[-1]}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,14 @@ from pathlib import Path
 import numpy as np
 
 
-def read_series(run_dir: Path, key: str) -> tuple[list[float], list[float]]:
-    """(updates, values) of ``key`` in ``run_dir/progress.csv`` (rows without the key are skipped)."""
-    with open(run_dir / "progress.csv") as handle:
-        rows = list(csv.DictReader(handle))
+def read_progress(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of an SB3 ``progress.csv``."""
+    with open(csv_path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def progress_series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[float]]:
+    """(updates, values) of ``key`` (rows without the key or the update count are skipped)."""
     points = [
         (float(row["time/updates"]), float(row[key]))
         for row in rows
@@ -55,11 +59,12 @@ def plot_runs(
     figure, (held_out, training) = plt.subplots(1, 2, figsize=(11, 3.8))
     for index, (run, label) in enumerate(zip(runs, labels, strict=True)):
         colour = f"C{index}"
-        xs, ys = read_series(run, "eval/accuracy")
+        rows = read_progress(run / "progress.csv")
+        xs, ys = progress_series(rows, "eval/accuracy")
         if start_accuracy is not None and (not xs or xs[0] > 0):
             xs, ys = [0.0, *xs], [start_accuracy, *ys]
         held_out.plot(xs, ys, marker="o", color=colour, label=label)
-        xs, ys = read_series(run, "rollout/ep_rew_mean")
+        xs, ys = progress_series(rows, "rollout/ep_rew_mean")
         training.plot(xs, ys, color=colour, alpha=0.25)
         training.plot(xs, moving_average(ys, window), color=colour, label=f"{label} ({window}-update mean)")
     held_out.set_title("held-out greedy accuracy")

@@ -104,8 +104,6 @@ def evaluate_levels(
 
 def plot_progress(csv_path: Path, png_path: Path, title: str = "") -> Path | None:
     """Learning curves from an SB3 ``progress.csv`` (reward, accuracy, held-out accuracy, KL, losses)."""
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,18 +111,14 @@ def plot_progress(csv_path: Path, png_path: Path, title: str = "") -> Path | Non
 
     if not csv_path.is_file():
         return None
-    with open(csv_path) as handle:
-        rows = list(csv.DictReader(handle))
+    from experiments.plot_rl import progress_series, read_progress
+
+    rows = read_progress(csv_path)
     if not rows:
         return None
 
     def series(key: str) -> tuple[list[float], list[float]]:
-        xs, ys = [], []
-        for row in rows:
-            if row.get(key) not in (None, "") and row.get("time/updates") not in (None, ""):
-                xs.append(float(row["time/updates"]))
-                ys.append(float(row[key]))
-        return xs, ys
+        return progress_series(rows, key)
 
     panels = [
         ("reward / accuracy", ["rollout/ep_rew_mean", "rollout/accuracy", "eval/accuracy"]),
@@ -209,9 +203,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     else:
         seeds = held_out_seeds(args.eval_problems)
-        evaluator = EvalCallback(seeds, eval_freq=args.eval_every or 10**9) if args.eval_problems else None
-        if evaluator and args.skip_initial_eval:
-            evaluator.evaluate_at_start = False
+        evaluator = (
+            EvalCallback(
+                seeds, eval_freq=args.eval_every or 10**9, evaluate_at_start=not args.skip_initial_eval
+            )
+            if args.eval_problems
+            else None
+        )
         callbacks: list[Any] = [evaluator] if evaluator else []
         if args.max_minutes:
             deadline = started + 60 * args.max_minutes

@@ -67,13 +67,14 @@ def test_draw_problems_is_seeded_and_distinct():
 def test_summarize_and_argument_checks():
     results = [
         {"correct": True, "pass_at_k": True, "generated_tokens": 10, "prompt_tokens": 5, "full_prompt_tokens": 20,
-         "engine_calls": 2, "prm_calls": 0},
+         "ideal_prompt_tokens": 8, "engine_calls": 2, "prm_calls": 0},
         {"correct": False, "pass_at_k": True, "generated_tokens": 30, "prompt_tokens": 15, "full_prompt_tokens": 20,
-         "engine_calls": 4, "prm_calls": 0},
+         "ideal_prompt_tokens": 8, "engine_calls": 4, "prm_calls": 0},
     ]  # fmt: skip
     row = summarize(results, seconds=4.0)
     assert row["accuracy"] == 0.5 and row["pass_at_k"] == 1.0 and row["generated_tokens"] == 20
     assert row["prompt_reuse_ratio"] == 0.5 and row["seconds_per_problem"] == 2.0
+    assert row["ideal_reuse_ratio"] == 0.4
     with pytest.raises(SystemExit):
         parse_args(["--agents", "greedy,nope"])
     with pytest.raises(SystemExit):

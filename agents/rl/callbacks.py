@@ -152,13 +152,18 @@ class EvalCallback(BaseCallback):
     """Every ``eval_freq`` updates, run ``agent.evaluate(problems)`` and log its metrics under ``eval/``."""
 
     def __init__(
-        self, problems: Sequence[Any], eval_freq: int, verbose: int = 0, **evaluate_kwargs: Any
+        self,
+        problems: Sequence[Any],
+        eval_freq: int,
+        verbose: int = 0,
+        evaluate_at_start: bool = True,
+        **evaluate_kwargs: Any,
     ) -> None:
         super().__init__(verbose)
         self.problems = list(problems)
         self.eval_freq = eval_freq
         self.evaluate_kwargs = evaluate_kwargs
-        self.evaluate_at_start = True
+        self.evaluate_at_start = evaluate_at_start
         self.history: list[tuple[int, dict[str, float]]] = []
 
     def _evaluate(self) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from agents.engines.logprobs import hidden_states
+from agents.engines.logprobs import _position_ids, hidden_states
 from agents.rl.rollout import TokenBatch
 
 __all__ = ["PolicyOutput", "policy_forward", "prompt_groups"]
@@ -128,7 +128,7 @@ def _response_hidden_shared_prompts(model: Any, batch: TokenBatch, groups: list[
     prompt_out = decoder(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
-        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+        position_ids=_position_ids(prompt_mask),
         use_cache=True,
     )
     shared = prompt_out.past_key_values
