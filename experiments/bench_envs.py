@@ -25,7 +25,13 @@ from rich.table import Table
 import reasoning_gym  # noqa: F401 - registers the ids
 from reasoning_gym.data import shared_data_dir
 from reasoning_gym.judging.canonical import parse_answer
-from reasoning_gym.judging.judge import MathJudger, _VerifyProcess, normalize_reference, rule_verdict
+from reasoning_gym.judging.judge import (
+    MathJudger,
+    _rule_form,
+    _VerifyProcess,
+    normalize_reference,
+    rule_verdict,
+)
 
 __all__ = ["bench_env_steps", "bench_judger", "main"]
 
@@ -80,6 +86,7 @@ def _clear_parse_caches() -> _VerifyProcess:
     returns a fresh, started verifier (started outside any timed pass)."""
     parse_answer.cache_clear()
     normalize_reference.cache_clear()
+    _rule_form.cache_clear()
     for worker in _VerifyProcess._instances.values():
         worker.kill()  # a fresh verifier: nothing parsed yet
     worker = _VerifyProcess.shared()

@@ -11,7 +11,7 @@ import pytest
 from reasoning_gym.judging import canonical
 from reasoning_gym.judging.answer import last_number, normalize_number
 from reasoning_gym.judging.canonical import decide, parse_answer
-from reasoning_gym.judging.judge import MathJudger, normalize_reference, rule_verdict
+from reasoning_gym.judging.judge import MathJudger, _rule_form, normalize_reference, rule_verdict
 
 EQUAL = [
     ("\\sqrt{12}", "2\\sqrt{3}"),
@@ -142,12 +142,14 @@ def test_commas_are_thousands_separators_only_between_groups_of_three():
 def test_references_are_parsed_once():
     parse_answer.cache_clear()
     normalize_reference.cache_clear()
+    _rule_form.cache_clear()
     judger = MathJudger()
     reference = "\\frac{3\\sqrt{3}}{4}"
     for k in range(20):
         assert judger.judge(f"\\boxed{{\\frac{{{k}}}{{4}}\\sqrt{{3}}}}", reference) is (k == 3)
     assert parse_answer.cache_info().misses == 21  # the reference once, each prediction once
     assert normalize_reference.cache_info().misses == 1
+    assert _rule_form.cache_info().misses == 21  # the rules read the reference once too
 
 
 def test_gold_answers_of_math500_mostly_lie_in_the_grammar(math500_path):

@@ -91,20 +91,26 @@ def _exact_number(text: str) -> Fraction | None:
     return None
 
 
-def _unit_powers(text: str) -> set[tuple[str, str]]:
-    return {(unit.rstrip("s"), power) for unit, power in _UNIT_POWER.findall(text)}
+def _unit_powers(text: str) -> frozenset[tuple[str, str]]:
+    return frozenset((unit.rstrip("s"), power) for unit, power in _UNIT_POWER.findall(text))
+
+
+@lru_cache(maxsize=65536)
+def _rule_form(text: str) -> tuple[str, Fraction | None, bool, frozenset[tuple[str, str]]]:
+    """What the rules read from one answer (cached: a reference is read once, not at every judgement)."""
+    return _canonical(text), _exact_number(text), bool(_BASE_SUBSCRIPT.search(text)), _unit_powers(text)
 
 
 def rule_verdict(prediction: str, reference: str) -> bool | None:
     """The verdict where rules alone are sound, else None (math-verify decides)."""
-    if _canonical(prediction) == _canonical(reference):
+    pred_text, pred_num, pred_base, pred_units = _rule_form(prediction)
+    ref_text, ref_num, ref_base, ref_units = _rule_form(reference)
+    if pred_text == ref_text:
         return True
-    pred_num, ref_num = _exact_number(prediction), _exact_number(reference)
     if pred_num is not None and ref_num is not None:
         return pred_num == ref_num
-    if _BASE_SUBSCRIPT.search(reference) or _BASE_SUBSCRIPT.search(prediction):
+    if ref_base or pred_base:
         return False  # numbers in a base: math-verify drops the subscript, so only the exact string is safe
-    pred_units, ref_units = _unit_powers(prediction), _unit_powers(reference)
     if (pred_units or ref_units) and pred_units != ref_units:
         return False
     return decide(prediction, reference)
