@@ -37,14 +37,26 @@ def test_decode_attention_equals_sdpa(mask_kind: str) -> None:
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_attention_only_inside_the_block() -> None:
+def test_fast_attention_only_inside_the_block(monkeypatch) -> None:
+    import transformers.integrations.sdpa_attention as sdpa
+
+    stock = sdpa.sdpa_attention_forward
+    fallback_query_lengths: list[int] = []
+
+    def counting_sdpa(module, query, *args, **kwargs):
+        fallback_query_lengths.append(query.shape[2])
+        return stock(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", counting_sdpa)
     model, _ = tiny_model(seed=0)
     assert model.config._attn_implementation == "sdpa"
     with fast_decode_attention(model) as used:
         assert used and model.config._attn_implementation == NAME
         ids = torch.tensor([[5, 6, 7, 8]])
         cached = model(ids, use_cache=True)  # prefill falls back to SDPA; the next token takes the fast path
+        assert fallback_query_lengths and set(fallback_query_lengths) == {4}
         step = model(torch.tensor([[9]]), past_key_values=cached.past_key_values).logits
+        assert set(fallback_query_lengths) == {4}  # the one-token step never reached SDPA
     assert model.config._attn_implementation == "sdpa"
     reference = model(torch.tensor([[5, 6, 7, 8, 9]])).logits[:, -1:]
     torch.testing.assert_close(step, reference, atol=1e-4, rtol=1e-4)
