@@ -233,7 +233,8 @@ def test_length_sorted_micro_batches_give_the_same_log_probs_and_values():
 
 
 def test_shared_prompt_forward_gives_the_same_log_probs_and_gradients():
-    from agents.rl.forward import _full_attention_cache, policy_forward, prompt_groups
+    from agents.engines.prefix_cache import full_attention_cache
+    from agents.rl.forward import policy_forward, prompt_groups
     from agents.rl.rollout import TokenizedEpisode, make_token_batch
 
     model, _ = tiny_model(0, tokenizer=byte_level_tokenizer())
@@ -246,7 +247,7 @@ def test_shared_prompt_forward_gives_the_same_log_probs_and_gradients():
     ]
     batch = make_token_batch(items, 0)
     assert prompt_groups(batch) == [[0, 2, 4], [1, 3]]
-    assert _full_attention_cache(model)  # so the whole-batch call below takes the shared-prompt path
+    assert full_attention_cache(model)  # so the whole-batch call below takes the shared-prompt path
     weights = torch.randn(batch.response_mask.shape, generator=generator) * batch.response_mask
 
     def logprobs_and_grads(rows_per_call):

@@ -27,7 +27,7 @@ from .attention import fast_decode_attention
 from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .logprobs import sequence_logprobs
 from .models import load_model
-from .prefix_cache import PrefixCache, common_length, weights_fingerprint
+from .prefix_cache import PrefixCache, common_length, full_attention_cache, weights_fingerprint
 from .prompting import DEFAULT_STEP_DELIMITER, TokenizerPrompts
 from .stopping import earliest_stop, finish_completion
 
@@ -135,14 +135,6 @@ PADDING_SLACK = 1.5
 GROUP_RATIO = 0.75
 
 
-def _plain_dynamic_layers(model: Any) -> bool:
-    """Whether every layer's cache holds the whole sequence (no sliding window), so its columns can be reused."""
-    from transformers import DynamicCache
-
-    layers = DynamicCache(config=model.config).layers
-    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
-
-
 class HFEngine(TokenizerPrompts):
     """Batched generation and scoring with an in-process transformers model.
 
@@ -220,7 +212,7 @@ class HFEngine(TokenizerPrompts):
     @functools.cached_property
     def _reusable_kv_layers(self) -> bool:
         """Whether cached KV columns can be reused for this model (a property of its config: computed once)."""
-        return _plain_dynamic_layers(self.model)
+        return full_attention_cache(self.model)
 
     # -- generation ----------------------------------------------------------------------------------------
     def generate(

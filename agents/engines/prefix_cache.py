@@ -50,6 +50,15 @@ class _Node:
         self.last_used = 0
 
 
+def full_attention_cache(model: Any) -> bool:
+    """Whether every layer of ``model``'s KV cache holds all positions (no sliding window or recurrent state):
+    only then can cached keys/values of a prefix stand in for recomputing it (prefix cache, shared RL prompts)."""
+    from transformers import DynamicCache
+
+    layers = DynamicCache(config=model.config).layers
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
 def common_length(edge: Sequence[int], ids: Sequence[int], start: int = 0) -> int:
     """Length of the common prefix of ``edge`` and ``ids[start:]``."""
     limit = min(len(edge), len(ids) - start)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from agents.engines.logprobs import _position_ids, hidden_states
+from agents.engines.prefix_cache import full_attention_cache
 from agents.rl.rollout import TokenBatch
 
 __all__ = ["PolicyOutput", "policy_forward", "prompt_groups"]
@@ -51,7 +52,7 @@ def policy_forward(
     positions = batch.response_positions[rows, cols]
     picked_targets = batch.input_ids[:, 1:][rows, positions]
     groups = prompt_groups(batch)
-    if len(groups) < len(batch) and _full_attention_cache(model):
+    if len(groups) < len(batch) and full_attention_cache(model):
         picked_hidden = _response_hidden_shared_prompts(model, batch, groups)[rows, cols]
     else:
         picked_hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1][rows, positions]
@@ -90,15 +91,6 @@ def prompt_groups(batch: TokenBatch) -> list[list[int]]:
     for row, length in enumerate(prompt_lengths):
         groups.setdefault(tuple(batch.input_ids[row, :length].tolist()), []).append(row)
     return list(groups.values())
-
-
-def _full_attention_cache(model: Any) -> bool:
-    """Whether every layer caches all positions (no sliding window or recurrent state): then a prompt's cached
-    keys/values are exactly what its rows would recompute, so they can be shared."""
-    from transformers import DynamicCache
-
-    layers = DynamicCache(config=model.config).layers
-    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 
 def _response_hidden_shared_prompts(model: Any, batch: TokenBatch, groups: list[list[int]]) -> torch.Tensor:
