@@ -264,3 +264,18 @@ def test_shared_prompt_forward_gives_the_same_log_probs_and_gradients():
     torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-4)
     for name, grad in separate_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_trainable_agent_reference_is_frozen_and_matches_policy_before_training():
+    """The reference lives in TrainableAgent: a frozen copy whose log-probs equal the policy's until it moves."""
+    agent = toy_grpo(tiny_engine(), kl_coef=0.05)
+    assert agent.has_reference and agent.reference is not agent.model
+    assert not any(p.requires_grad for p in agent.reference.parameters())
+    batch, _ = agent.tokenize(agent.collect(4, 8))
+    torch.testing.assert_close(agent.reference_logprobs(batch), agent.no_grad_forward(batch).logprobs)
+    agent.learn(1)
+    assert not torch.allclose(agent.reference_logprobs(batch), agent.no_grad_forward(batch).logprobs)
+    no_reference = toy_grpo(tiny_engine(), kl_coef=0.0)
+    assert not no_reference.has_reference and no_reference.reference is None
+    with pytest.raises(ValueError, match="no reference"):
+        no_reference.reference_logprobs(batch)

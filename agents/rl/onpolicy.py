@@ -1,15 +1,13 @@
-"""The parts GRPO and PPO share: the KL reference policy, tokenising a batch of episodes and no-grad passes."""
+"""The parts GRPO and PPO share: tokenising a batch of episodes and the epoch / minibatch / micro-batch loop."""
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from agents.rl.forward import PolicyOutput, policy_forward, prompt_groups
 from agents.rl.rollout import Episode, TokenBatch, episode_to_tokens, make_token_batch
 from agents.rl.trainer import TrainableAgent, TrainConfig
 
@@ -47,12 +45,8 @@ class OnPolicyAgent(TrainableAgent):
     config_class = OnPolicyConfig
     config: OnPolicyConfig
 
-    def _build_extra_modules(self) -> None:
-        self.reference = None
-        if self.config.kl_coef > 0 and self.config.lora_r == 0:
-            self.reference = copy.deepcopy(self.model).eval()
-            for p in self.reference.parameters():
-                p.requires_grad_(False)
+    def needs_reference(self) -> bool:
+        return self.config.kl_coef > 0
 
     # --- batches ------------------------------------------------------------------------------------------------
 
@@ -72,60 +66,6 @@ class OnPolicyAgent(TrainableAgent):
             for e in episodes
         ]
         return make_token_batch(items, self.pad_token_id), [it.step_ends for it in items]
-
-    @torch.no_grad()
-    def no_grad_forward(self, batch: TokenBatch, *, reference: bool = False, value_head=None) -> PolicyOutput:
-        """Log-probs (and values) of the whole batch without gradients, micro-batch by micro-batch (rows of
-        similar length together, so little padding is computed)."""
-        shape, device = batch.response_mask.shape, batch.response_mask.device
-        logprobs = torch.zeros(shape, device=device)
-        values = torch.zeros(shape, device=device) if value_head is not None and not reference else None
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for rows in self.length_sorted_chunks(batch, list(range(len(batch)))):
-                sub = batch.select(rows)
-                with self.autocast():
-                    if reference:
-                        out = self._reference_forward(sub)
-                    else:
-                        out = policy_forward(
-                            self.model,
-                            sub,
-                            chunk_size=self.config.chunk_size,
-                            temperature=self.config.temperature,
-                            value_head=value_head,
-                        )
-                logprobs[rows] = out.logprobs.float()
-                if values is not None:
-                    values[rows] = out.values.float()
-        finally:
-            self.model.train(was_training)
-        return PolicyOutput(logprobs=logprobs, values=values)
-
-    def length_sorted_chunks(self, batch: TokenBatch, rows: list[int]) -> list[list[int]]:
-        """``rows`` cut into micro-batches of ``micro_batch_size``, longest first and the samples of one prompt
-        next to each other: a micro-batch is padded to its longest row only, and ``policy_forward`` runs a prompt
-        its rows share once. Gradients are summed over the micro-batches of a minibatch, so the grouping does
-        not change the update."""
-        lengths = batch.lengths.tolist()
-        group_of_row = {row: index for index, group in enumerate(prompt_groups(batch)) for row in group}
-        longest: dict[int, int] = {}
-        for row in rows:
-            group = group_of_row[row]
-            longest[group] = max(longest.get(group, 0), lengths[row])
-        ordered = sorted(
-            rows, key=lambda row: (-longest[group_of_row[row]], group_of_row[row], -lengths[row])
-        )
-        step = max(1, self.config.micro_batch_size)
-        return [ordered[start : start + step] for start in range(0, len(ordered), step)]
-
-    def _reference_forward(self, batch: TokenBatch) -> PolicyOutput:
-        kwargs = {"chunk_size": self.config.chunk_size, "temperature": self.config.temperature}
-        if self.reference is not None:
-            return policy_forward(self.reference, batch, **kwargs)
-        with self.model.disable_adapter():  # LoRA: the base model is the reference
-            return policy_forward(self.model, batch, **kwargs)
 
     def minibatch_rows(self, size: int) -> list[list[int]]:
         """Shuffled row indices split into ``minibatches`` parts (torch RNG: seeded and checkpointed)."""

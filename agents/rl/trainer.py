@@ -1,5 +1,6 @@
-"""What the trainable agents (SFT, GRPO, PPO) share: the model to train (optionally LoRA), the optimizer,
-gradient accumulation, mixed precision, logging, checkpoints with exact resume, evaluation and acting.
+"""What the trainable agents (SFT, GRPO, PPO, OREAL, OREO) share: the model to train (optionally LoRA), the frozen
+reference policy and its no-grad forward, the optimizer, gradient accumulation, mixed precision, logging,
+checkpoints with exact resume, evaluation and acting.
 
 The policy's weights are the engine's: an ``HFEngine`` built on the same model object samples from the current
 policy with no copy. Engines with their own weights (vLLM) get ``engine.update_weights(model)`` after each update.
@@ -8,6 +9,7 @@ policy with no copy. Engines with their own weights (vLLM) get ``engine.update_w
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,8 +22,9 @@ import torch
 
 from agents.base import Agent, AgentConfig
 from agents.rl.checkpoint import load_training_state, save_training_state
+from agents.rl.forward import PolicyOutput, policy_forward, prompt_groups
 from agents.rl.logger import make_logger
-from agents.rl.rollout import Episode, collect_episodes, rollout_stats
+from agents.rl.rollout import Episode, TokenBatch, collect_episodes, rollout_stats
 
 __all__ = ["TrainConfig", "TrainableAgent", "make_vec_env"]
 
@@ -104,7 +107,14 @@ def _apply_lora(model: Any, config: TrainConfig) -> Any:
 
 
 class TrainableAgent(Agent):
-    """Base of SFT / GRPO / PPO. ``model`` defaults to ``engine.model`` (weights shared with the engine)."""
+    """Base of SFT / GRPO / PPO / OREAL / OREO. ``model`` defaults to ``engine.model`` (weights shared with the
+    engine).
+
+    The frozen reference policy (for a KL penalty or a log-ratio to it) is kept here so every trainable agent gets
+    it the same way: a subclass returns True from ``needs_reference()`` and then reads ``reference_logprobs(batch)``.
+    Without LoRA the reference is ``self.reference``, a frozen deep copy of the policy taken at construction;
+    under LoRA it is the base model (adapters disabled), so no copy is kept and ``self.reference`` is None.
+    """
 
     config_class = TrainConfig
     config: TrainConfig
@@ -137,6 +147,12 @@ class TrainableAgent(Agent):
             ):
                 engine.model = model  # the engine must sample from the adapted policy
         self.model = model
+        self.has_reference = self.needs_reference()
+        """Whether ``reference_logprobs`` is available (decided once, by ``needs_reference()``)."""
+        self.reference: torch.nn.Module | None = (
+            frozen_copy(model) if self.has_reference and self.config.lora_r == 0 else None
+        )
+        """The frozen reference policy (None under LoRA, where the reference is the adapter-free base model)."""
         self.num_timesteps = 0
         self.logger: Any = None
         self.last_rollout_stats: dict[str, float] = {}
@@ -151,8 +167,13 @@ class TrainableAgent(Agent):
 
     # --- hooks for subclasses -----------------------------------------------------------------------------------
 
+    def needs_reference(self) -> bool:
+        """Keep a frozen reference policy? (GRPO / PPO / OREAL: when their KL coefficient is positive.)"""
+        return False
+
     def _build_extra_modules(self) -> None:
-        """Create modules besides the policy (reference model, critic) before the optimizer is built."""
+        """Create modules besides the policy and the reference (a critic, a reward model) before the optimizer
+        is built."""
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
@@ -187,6 +208,68 @@ class TrainableAgent(Agent):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    # --- no-grad passes: the policy and the reference ---------------------------------------------------------
+
+    @torch.no_grad()
+    def no_grad_forward(self, batch: TokenBatch, *, reference: bool = False, value_head=None) -> PolicyOutput:
+        """Log-probs (and values) of the whole batch without gradients, micro-batch by micro-batch (rows of
+        similar length together, so little padding is computed). ``reference=True`` runs the reference policy."""
+        if reference and not self.has_reference:
+            raise ValueError(f"{type(self).__name__} keeps no reference policy (needs_reference() is False)")
+        shape, device = batch.response_mask.shape, batch.response_mask.device
+        logprobs = torch.zeros(shape, device=device)
+        values = torch.zeros(shape, device=device) if value_head is not None and not reference else None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for rows in self.length_sorted_chunks(batch, list(range(len(batch)))):
+                sub = batch.select(rows)
+                with self.autocast():
+                    if reference:
+                        out = self._reference_forward(sub)
+                    else:
+                        out = policy_forward(
+                            self.model,
+                            sub,
+                            chunk_size=self.config.chunk_size,
+                            temperature=self.config.temperature,
+                            value_head=value_head,
+                        )
+                logprobs[rows] = out.logprobs.float()
+                if values is not None:
+                    values[rows] = out.values.float()
+        finally:
+            self.model.train(was_training)
+        return PolicyOutput(logprobs=logprobs, values=values)
+
+    def reference_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """``(B, R)`` log-probs of the response tokens under the frozen reference policy (no gradient)."""
+        return self.no_grad_forward(batch, reference=True).logprobs
+
+    def _reference_forward(self, batch: TokenBatch) -> PolicyOutput:
+        kwargs = {"chunk_size": self.config.chunk_size, "temperature": self.config.temperature}
+        if self.reference is not None:
+            return policy_forward(self.reference, batch, **kwargs)
+        with self.model.disable_adapter():  # LoRA: the base model is the reference
+            return policy_forward(self.model, batch, **kwargs)
+
+    def length_sorted_chunks(self, batch: TokenBatch, rows: list[int]) -> list[list[int]]:
+        """``rows`` cut into micro-batches of ``micro_batch_size``, longest first and the samples of one prompt
+        next to each other: a micro-batch is padded to its longest row only, and ``policy_forward`` runs a prompt
+        its rows share once. Gradients are summed over the micro-batches of a minibatch, so the grouping does
+        not change the update."""
+        lengths = batch.lengths.tolist()
+        group_of_row = {row: index for index, group in enumerate(prompt_groups(batch)) for row in group}
+        longest: dict[int, int] = {}
+        for row in rows:
+            group = group_of_row[row]
+            longest[group] = max(longest.get(group, 0), lengths[row])
+        ordered = sorted(
+            rows, key=lambda row: (-longest[group_of_row[row]], group_of_row[row], -lengths[row])
+        )
+        step = max(1, self.config.micro_batch_size)
+        return [ordered[start : start + step] for start in range(0, len(ordered), step)]
 
     def sync_engine(self) -> None:
         """Push the new weights to an engine that keeps its own copy (vLLM); in-process engines share them.
@@ -401,6 +484,14 @@ class TrainableAgent(Agent):
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` in eval mode with every parameter frozen (the KL reference policy)."""
+    reference = copy.deepcopy(model).eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    return reference
 
 
 class _MergedWeights:
