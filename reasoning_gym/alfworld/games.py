@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reasoning_gym.alfworld.generate import TASK_TYPES, ensure_generated_game
+from reasoning_gym.alfworld.generate import TASK_TYPES, default_cache_dir, ensure_generated_game
 
 __all__ = ["GamePool", "GameRef", "default_cache_dir", "alfworld_json_dir", "REAL_SPLITS"]
 
@@ -25,22 +25,22 @@ REAL_SPLITS = ("train", "valid_seen", "valid_unseen")
 _GENERATED_PREFIX = "gen"
 
 
-def default_cache_dir() -> Path:
-    """``$OPENR_GYM_ALFWORLD_CACHE``, else ``$XDG_CACHE_HOME/openr-gym/alfworld`` (``~/.cache/openr-gym/alfworld``)."""
-    explicit = os.environ.get("OPENR_GYM_ALFWORLD_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "openr-gym" / "alfworld"
-
-
 def alfworld_json_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """``<data_dir or $ALFWORLD_DATA>/json_2.1.1`` when it exists (never downloads)."""
+    """``<data_dir or $ALFWORLD_DATA>/json_2.1.1``; None when neither is set (never downloads).
+
+    Raises ``FileNotFoundError`` when a data folder is named but holds no ``json_2.1.1/``: whoever set it meant real
+    games, and silently playing generated ones instead would mislabel every result."""
     root = data_dir or os.environ.get("ALFWORLD_DATA")
     if not root:
         return None
+    named = "data_dir" if data_dir else "$ALFWORLD_DATA"
     path = Path(root).expanduser() / "json_2.1.1"
-    return path if path.is_dir() else None
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{named}={root} has no json_2.1.1/ folder (ALFWorld's layout: json_2.1.1/<split>/<task>/<trial>/"
+            "game.tw-pddl, from alfworld-download); fix the path, unset it, or pass source='generated'"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -74,15 +74,23 @@ def _real_games(json_dir: Path, split: str, task_types: Sequence[str]) -> list[G
 
 
 def _file_games(game_files: Iterable[str | os.PathLike]) -> list[GameRef]:
-    refs = []
+    """One ref per game; its id is the game's folder relative to the folder all the games share.
+
+    So ALFWorld's layout ``<task>/<trial>/game.tw-pddl`` gives ``<task>/<trial>`` (the trial folder alone repeats
+    across tasks), and a single game keeps its folder's name."""
+    paths = []
     for entry in game_files:
         path = Path(entry).expanduser()
         if path.is_dir():
             path = path / "game.tw-pddl"
         if not path.exists():
             raise FileNotFoundError(f"ALFWorld game file not found: {path}")
-        refs.append(GameRef(path.parent.name, path))
-    return refs
+        paths.append(path.resolve())
+    folders = [path.parent for path in paths]
+    common = Path(os.path.commonpath(folders)) if folders else Path()
+    if len(set(folders)) == 1:
+        common = folders[0].parent
+    return [GameRef(folder.relative_to(common).as_posix(), path) for folder, path in zip(folders, paths)]
 
 
 class GamePool:
@@ -109,8 +117,9 @@ class GamePool:
             raise ValueError(f"unknown task types {sorted(unknown)}; expected some of {TASK_TYPES}")
         self.split = split
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        json_dir = alfworld_json_dir(data_dir)
-        if game_files is not None or source == "files":
+        use_files = game_files is not None or source == "files"
+        json_dir = alfworld_json_dir(data_dir) if source in ("auto", "alfworld") and not use_files else None
+        if use_files:
             self.source, refs = "files", _file_games(game_files or [])
         elif source == "alfworld" or (source == "auto" and json_dir is not None):
             if json_dir is None:
@@ -118,6 +127,11 @@ class GamePool:
                     "source='alfworld' needs $ALFWORLD_DATA/json_2.1.1 (run alfworld-download)"
                 )
             self.source, refs = "alfworld", _real_games(json_dir, split, self.task_types)
+            if not refs:
+                raise ValueError(
+                    f"no ALFWorld games found in {json_dir / split} (wanted <task>/<trial>/traj_data.json and "
+                    f"a solvable game.tw-pddl of task types {list(self.task_types)})"
+                )
         else:
             self.source, refs = "generated", self._generated_refs(num_games)
         if not refs:

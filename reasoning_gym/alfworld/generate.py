@@ -33,6 +33,7 @@ __all__ = [
     "TASK_TYPES",
     "HELD_OUT_SCENES",
     "GeneratedGame",
+    "default_cache_dir",
     "generate_game",
     "ensure_generated_game",
     "generated_game_dir",
@@ -440,6 +441,17 @@ def generate_game(seed: int, split: str = "train") -> GeneratedGame:
     )
 
 
+def default_cache_dir() -> Path:
+    """``$OPENR_GYM_ALFWORLD_CACHE``, else ``$XDG_CACHE_HOME/openr-gym/alfworld`` (``~/.cache/openr-gym/alfworld``).
+
+    It lives here, next to the cache's writer, so that ``games`` imports ``generate`` and never the reverse."""
+    explicit = os.environ.get("OPENR_GYM_ALFWORLD_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "openr-gym" / "alfworld"
+
+
 def generated_game_dir(cache_dir: str | os.PathLike, seed: int, split: str = "train") -> Path:
     """Where the game for ``seed`` lives in the cache."""
     task_type = TASK_TYPES[seed % len(TASK_TYPES)]
@@ -464,8 +476,6 @@ def ensure_generated_game(cache_dir: str | os.PathLike, seed: int, split: str = 
 def main(argv: list[str] | None = None) -> None:
     """Pre-generate games into the cache: ``python -m reasoning_gym.alfworld.generate --num-games 300``."""
     import argparse
-
-    from reasoning_gym.alfworld.games import default_cache_dir
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--split", default="train", choices=sorted(_SPLITS))
