@@ -231,3 +231,28 @@ def test_killed_writer_never_leaves_a_broken_line(tmp_path):
     append_jsonl(path, {"steps": ["after"]})
     lines = path.read_text().splitlines(keepends=True)
     assert len(lines) == len(complete) + 1 and all(json.loads(line) for line in lines)
+
+
+def test_torn_line_ending_mid_utf8_character_is_skipped(tmp_path):
+    path = tmp_path / "torn.jsonl"
+    append_jsonl(path, {"steps": ["déjà vu"]})
+    torn = (json.dumps({"steps": ["café"]}, ensure_ascii=False) + "\n").encode("utf-8")
+    cut = torn.index("é".encode()) + 1  # in the middle of the two bytes of "é"
+    with open(path, "ab") as f:
+        f.write(torn[:cut])
+    with pytest.warns(UserWarning, match="torn"):
+        assert [r["steps"] for r in read_trajectories(path)] == [["déjà vu"]]
+
+
+def test_action_with_a_lone_surrogate_is_recorded(tmp_path):
+    """Any str is a legal action, including one UTF-8 cannot encode: the episode must not be lost."""
+    path = tmp_path / "traj.jsonl"
+    env = TrajectoryRecorder(make_env(), path)
+    env.reset(seed=0, options=PROBLEM)
+    odd = "7 - 1 = 6 \ud800"
+    env.step(odd)
+    env.step("The answer is \\boxed{6}. ünïcode")
+    (record,) = read_trajectories(path)
+    assert record["actions"][0] == odd and record["actions"][1].endswith("ünïcode")
+    assert record["correct"] is True
+    path.read_bytes().decode("utf-8")  # the file itself stays valid UTF-8

@@ -101,9 +101,19 @@ def repair_tail(path: str | os.PathLike[str]) -> int:
         os.close(fd)
 
 
+def _encode_line(record: dict[str, Any]) -> bytes:
+    """One JSON line in UTF-8. Text that UTF-8 cannot hold (a lone surrogate, which a Python ``str`` action may
+    carry) is written as a ``\\udXXX`` escape instead, so ``json.loads`` gives back the very same string."""
+    text = json.dumps(_jsonable(record), ensure_ascii=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(_jsonable(record), ensure_ascii=True) + "\n").encode("ascii")
+
+
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any], *, fsync: bool = False) -> None:
     """Append one record as one line, alone under the file lock, after cutting any torn tail."""
-    data = (json.dumps(_jsonable(record), ensure_ascii=False) + "\n").encode("utf-8")
+    data = _encode_line(record)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -119,16 +129,18 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any], *, fsync:
 
 
 def read_trajectories(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the records of a trajectory file; an unterminated or unparseable line is skipped with a warning."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    """Yield the records of a trajectory file; an unterminated, undecodable or unparseable line is skipped with a
+    warning. Lines are read as bytes and decoded one by one, so a tail torn in the middle of a UTF-8 character
+    costs that line only."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                if not line.endswith("\n"):
+                if not raw.endswith(b"\n"):
                     raise ValueError("unterminated")
-                yield json.loads(line)
-            except ValueError:
+                yield json.loads(raw.decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
                 warnings.warn(f"{path}:{line_no}: skipping a torn line", stacklevel=2)
 
 
