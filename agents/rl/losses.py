@@ -13,11 +13,16 @@ __all__ = [
     "clipped_policy_loss",
     "clipped_value_loss",
     "explained_variance",
+    "full_vocab_kl",
     "gae_advantages",
     "group_normalized_advantages",
     "k3_kl",
     "masked_mean",
     "masked_whiten",
+    "oreo_kl",
+    "oreo_policy_loss",
+    "oreo_step_sums",
+    "oreo_value_loss",
     "process_group_advantages",
     "step_rewards_to_tokens",
 ]
@@ -166,3 +171,77 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     residual = returns - values
     residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     return float("nan") if float(variance) == 0 else float(1.0 - residual_variance / variance)
+
+
+# --- OREO: offline soft-Bellman policy and value learning -------------------------------------------------------
+# Wang et al. 2024, "Offline Reinforcement Learning for LLM Multi-Step Reasoning" (arXiv 2412.16145), section 3.
+# Layout: ``(batch, T)`` tensors over a trajectory's tokens after its prompt. ``action_mask`` is 1 on tokens the
+# policy wrote (0 on padding and on an env's observation tokens between turns). ``state_mask`` is 1 on the first
+# token of every action: its value ``values[b, t]`` is V(s) read at the state just before that token. Token-level
+# OREO marks every action token as a state, step-level OREO the first token of each step (or each ALFWorld turn).
+# ``rewards`` holds one outcome reward R per trajectory (no intermediate rewards, as in the paper). Each returns
+# one loss per trajectory (its mean over its states), so every trajectory weighs the same whatever its length.
+
+
+def oreo_step_sums(log_ratio: torch.Tensor, state_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(future, current)``: at every token t, ``future[t] = sum_{i >= t} log_ratio[i]`` and ``current[t]`` the sum
+    over the step t belongs to (from its state up to, not including, the next state). Tokens before the first
+    state belong to no step (``current`` 0 there)."""
+    future = log_ratio.flip(-1).cumsum(-1).flip(-1)
+    step_index = state_mask.long().cumsum(-1) - 1  # -1 before the first state
+    per_step = torch.zeros_like(log_ratio).scatter_add(
+        -1, step_index.clamp(min=0), log_ratio * (step_index >= 0)
+    )
+    current = per_step.gather(-1, step_index.clamp(min=0)) * (step_index >= 0)
+    return future, current
+
+
+def oreo_value_loss(
+    values: torch.Tensor,
+    log_ratio: torch.Tensor,
+    state_mask: torch.Tensor,
+    rewards: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """OREO value loss (Eq. 8), one per trajectory: mean over its states s_t of
+
+        (V(s_t) - R + beta * sum_{i >= t} log pi(a_i | s_i) / pi_ref(a_i | s_i))^2
+
+    ``log_ratio`` = (log pi - log pi_ref) * action_mask per token; it is detached (only V learns here)."""
+    future_log_ratio, _ = oreo_step_sums(log_ratio.detach(), state_mask)
+    residual = values - rewards[:, None] + beta * future_log_ratio
+    return masked_mean(residual**2, state_mask, dim=-1)
+
+
+def oreo_policy_loss(
+    values: torch.Tensor,
+    log_ratio: torch.Tensor,
+    state_mask: torch.Tensor,
+    rewards: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """OREO policy loss (Eq. 9), one per trajectory: mean over its states s_t of the same residual,
+
+        (sg[V(s_t)] - R + beta * log pi(a_t | s_t) / pi_ref(a_t | s_t) + beta * sg[sum_{i > t} log-ratio])^2
+
+    with the gradient reaching only the current step's log-ratio (sg = stop-gradient): V is detached and so is
+    the sum over the later steps. At step level a_t is the whole step (the sum of its tokens' log-ratios)."""
+    future_log_ratio, current_step = oreo_step_sums(log_ratio, state_mask)
+    later_steps = (future_log_ratio - current_step).detach()
+    residual = values.detach() - rewards[:, None] + beta * (current_step + later_steps)
+    return masked_mean(residual**2, state_mask, dim=-1)
+
+
+def oreo_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """OREO's regulariser KL(pi || pi_ref) (the alpha term of Eq. 9), one per trajectory: the mean over its action
+    tokens of the k3 estimate (``k3_kl``), as the released code does by default."""
+    return masked_mean(k3_kl(logprobs, ref_logprobs), action_mask, dim=-1)
+
+
+def full_vocab_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Exact per-token KL(pi || pi_ref) = sum_v pi(v) (log pi(v) - log pi_ref(v)) over the whole vocabulary (the
+    released code's ``--unbiased_kl``). ``(..., V)`` logits in, ``(...)`` out; callers pass chunks of tokens so the
+    two ``(tokens, V)`` tensors stay small."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
