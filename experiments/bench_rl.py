@@ -5,7 +5,7 @@ Each implementation runs in its own subprocess (so peak RSS is its own) with the
 
     python experiments/bench_rl.py --steps 4 --prompts 4 --generations 4 --max-tokens 128 --out runs/bench_rl.json
 
-Same work on both sides: SmolLM2-135M-Instruct (fp32 master weights, bf16 autocast), the same ``--prompts``
+Same work on both sides: SmolLM2-135M-Instruct (fp32 master weights, bf16 autocast where the CPU runs bf16 natively, else fp32), the same ``--prompts``
 Arithmetic problems per update (levels 1-2, drawn from the same seeds), ``--generations`` samples each at
 temperature 1.0 with at most ``--max-tokens`` new tokens, reward 1/0 from ``rewards.MathJudger``, beta = 0 (no
 reference model), one optimizer step per update, learning rate 1e-6. openr-gym samples the whole solution in one
@@ -91,7 +91,7 @@ def run_openr(args: argparse.Namespace, skip_zero: bool = True) -> dict[str, Any
         learning_rate=1e-6,
         micro_batch_size=args.micro_batch_size,
         max_response_tokens=args.max_tokens + 8,
-        bf16=True,
+        autocast="auto",
         verbose=0,
         skip_zero_advantage=skip_zero,
     )
@@ -132,6 +132,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     from agents.engines import load_model
+    from agents.engines.hardware import bf16_is_fast
     from rewards import MathJudger
 
     torch.set_num_threads(args.threads)
@@ -165,7 +166,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         config = GRPOConfig(
             output_dir=output_dir,
             use_cpu=True,
-            bf16=True,
+            bf16=bf16_is_fast("cpu"),  # the same rule as openr-gym's autocast="auto"
             per_device_train_batch_size=args.prompts * args.generations,
             num_generations=args.generations,
             max_completion_length=args.max_tokens,

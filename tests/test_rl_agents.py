@@ -43,7 +43,7 @@ def toy_grpo(engine: HFEngine, **overrides) -> GRPO:
         max_steps=1,
         learning_rate=2e-3,
         kl_coef=0.0,
-        bf16=False,
+        autocast="off",
         verbose=0,
         seed=0,
     )
@@ -71,7 +71,7 @@ def test_ppo_reward_rises_on_toy_task():
         kl_coef=0.0,
         epochs=2,
         minibatches=2,
-        bf16=False,
+        autocast="off",
         verbose=0,
     )
     history = RewardHistory()
@@ -144,7 +144,7 @@ def test_lora_trains_only_the_adapters():
 def test_sft_fits_worked_solutions():
     engine = tiny_engine()
     agent = SFT(
-        engine, "openr/Arithmetic-v0", SFTConfig(batch_size=8, learning_rate=3e-3, bf16=False, verbose=0)
+        engine, "openr/Arithmetic-v0", SFTConfig(batch_size=8, learning_rate=3e-3, autocast="off", verbose=0)
     )
     examples = agent.reference_examples(8)
     assert all(ex.steps[-1].startswith("The answer is \\boxed{") for ex in examples)
@@ -154,7 +154,7 @@ def test_sft_fits_worked_solutions():
 
 
 def test_sft_accepts_recorded_trajectories():
-    agent = SFT(tiny_engine(), None, SFTConfig(batch_size=2, bf16=False, verbose=0))
+    agent = SFT(tiny_engine(), None, SFTConfig(batch_size=2, autocast="off", verbose=0))
     examples = [SFTExample("What is 2 + 3?", ["2 + 3 = 5", "The answer is \\boxed{5}."], "Solve it.")]
     agent.learn(2, examples=examples)
     assert agent.num_timesteps == 2
@@ -180,7 +180,7 @@ def test_episode_mode_matches_the_step_protocol():
 
 def test_grpo_and_ppo_run_on_arithmetic_with_step_rewards():
     engine = tiny_engine()
-    common = {"prompts_per_update": 2, "max_new_tokens": 6, "max_steps": 2, "verbose": 0, "bf16": False}
+    common = {"prompts_per_update": 2, "max_new_tokens": 6, "max_steps": 2, "verbose": 0, "autocast": "off"}
     grpo = GRPO(engine, "openr/Arithmetic-v0", GRPOConfig(group_size=2, process_rewards=True, **common))
     grpo.learn(1)
     ppo = PPO(engine, "openr/Arithmetic-v0", PPOConfig(group_size=2, **common))
@@ -208,7 +208,7 @@ def test_length_sorted_micro_batches_give_the_same_log_probs_and_values():
     from agents.rl.forward import policy_forward
     from agents.rl.rollout import TokenizedEpisode, make_token_batch
 
-    agent = PPO(tiny_engine(), DIGITS_ID, PPOConfig(micro_batch_size=2, bf16=False, verbose=0))
+    agent = PPO(tiny_engine(), DIGITS_ID, PPOConfig(micro_batch_size=2, autocast="off", verbose=0))
     torch.nn.init.normal_(agent.value_head.weight)
     lengths = [(3, 2), (9, 7), (4, 1), (6, 5), (2, 9)]  # (prompt, response) tokens: very different widths
     generator = torch.Generator().manual_seed(0)

@@ -52,7 +52,7 @@ def test_grpo_with_vllm_engine_syncs_weights(vllm_engine, lora_r: int) -> None:
         max_steps=1,
         learning_rate=2e-2,
         kl_coef=0.0,
-        bf16=False,
+        autocast="off",
         verbose=0,
         lora_r=lora_r,
     )

@@ -240,7 +240,9 @@ class HFEngine(TokenizerPrompts):
             for first in range(0, n, self.max_batch_size):
                 pieces.append((index, min(n - first, self.max_batch_size)))
         results: list[list[Completion]] = [[] for _ in encoded]
-        rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
+        # A seeded call leaves the global RNG as it found it (the CPU's, and the model's GPU's when on CUDA).
+        devices = [self.device] if self.device.type == "cuda" else []
+        rng = torch.random.fork_rng(devices=devices) if seed is not None else nullcontext()
         fast = fast_decode_attention(self.model, self.fast_attention and self.decoder == "loop")
         with rng, _eval_mode(self.model), fast:
             if seed is not None:

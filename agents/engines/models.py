@@ -94,17 +94,16 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def resolve_dtype(dtype: Any, device: str = "cpu") -> Any:
-    """``"auto"`` picks bf16 where the hardware runs it fast (CPUs with AVX512-BF16/AMX, recent GPUs), else fp32."""
+    """``"auto"`` picks bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs), else
+    fp16 on older GPUs and fp32 on other CPUs (see ``agents.engines.hardware``)."""
     import torch
 
+    from .hardware import bf16_is_fast
+
     if dtype is None or dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        try:
-            fast_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            fast_bf16 = False
-        return torch.bfloat16 if fast_bf16 else torch.float32
+        if bf16_is_fast(device):
+            return torch.bfloat16
+        return torch.float16 if str(device).startswith("cuda") else torch.float32
     if isinstance(dtype, str):
         named = {
             "bf16": "bfloat16",

@@ -51,7 +51,11 @@ def _reload_worker_weights(worker: Any, source: str | list[tuple[str, Any]], tie
     else:
         weights = source
     worker.reload_weights(weights_iterator=iter(weights))
-    if tied_head:  # the tied head keeps its packed (stale) copy of the embeddings until re-processed
+    from vllm.platforms import current_platform
+
+    # On CPU the tied head keeps its packed (oneDNN) copy of the embeddings until re-processed; on GPU it shares
+    # the embedding tensor, which ``reload_weights`` just updated.
+    if tied_head and current_platform.is_cpu():
         head = worker.model_runner.model.lm_head
         head.quant_method.process_weights_after_loading(head)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from agents.base import Agent, AgentConfig
+from agents.engines.hardware import AutocastSetting, autocast_context, device_of
 from agents.rl.checkpoint import load_training_state, save_training_state
 from agents.rl.forward import PolicyOutput, policy_forward, prompt_groups
 from agents.rl.logger import make_logger
@@ -43,8 +44,10 @@ class TrainConfig(AgentConfig):
     """Gradient-norm clip per optimizer step (0 disables)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass; larger batches accumulate gradients over several passes."""
-    bf16: bool = True
-    """Run forward/backward (and generation) under bfloat16 autocast; master weights and optimizer stay fp32."""
+    autocast: AutocastSetting = "auto"
+    """Mixed precision for forward/backward and rollouts, on the model's device; master weights and optimizer stay
+    fp32. ``"auto"``: bf16 autocast only where the device runs bf16 natively (CUDA Ampere+, CPUs with AVX512-BF16 /
+    AMX; on an AVX2 CPU bf16 is ~30x slower), else fp32; ``"bf16"``: always; ``"off"``: never."""
     lora_r: int = 0
     """LoRA rank; 0 trains all weights. With LoRA the KL reference is the base model (adapters disabled)."""
     lora_alpha: int = 32
@@ -184,9 +187,8 @@ class TrainableAgent(Agent):
     # --- shared machinery ---------------------------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """``torch.autocast`` on the policy's device as ``config.autocast`` decides (a no-op for fp32)."""
+        return autocast_context(self.config.autocast, device_of(self.model))
 
     def _ensure_logger(self) -> Any:
         if self.logger is None:
