@@ -119,21 +119,49 @@ class FunctionCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """Every ``save_freq`` updates, write a resumable checkpoint to ``save_path/checkpoint_<updates>``."""
+    """Every ``save_freq`` updates, write a resumable checkpoint to ``save_path/checkpoint_<updates>``.
 
-    def __init__(self, save_freq: int, save_path: str | Path, verbose: int = 0) -> None:
+    Each checkpoint is written aside and renamed into place (``agents.rl.checkpoint.atomic_folder``), so
+    ``agents.rl.checkpoint.latest_checkpoint(save_path)`` always finds a complete one; leftovers of killed writers
+    are cleared at training start. ``keep_last`` (None: all) deletes older checkpoints once a newer one is in place.
+    """
+
+    def __init__(
+        self, save_freq: int, save_path: str | Path, verbose: int = 0, keep_last: int | None = None
+    ) -> None:
         super().__init__(verbose)
         if save_freq < 1:
             raise ValueError("save_freq must be >= 1")
+        if keep_last is not None and keep_last < 1:
+            raise ValueError("keep_last must be None or >= 1")
         self.save_freq = save_freq
         self.save_path = Path(save_path)
+        self.keep_last = keep_last
+
+    def _on_training_start(self) -> None:
+        from agents.rl.checkpoint import clean_stale_folders
+
+        clean_stale_folders(self.save_path)
 
     def _on_step(self) -> bool:
         if self.n_calls % self.save_freq == 0:
             path = self.agent.save_checkpoint(self.save_path / f"checkpoint_{self.num_timesteps}")
             if self.verbose:
                 print(f"saved checkpoint {path}")
+            if self.keep_last is not None:
+                self._drop_old()
         return True
+
+    def _drop_old(self) -> None:
+        from agents.rl.checkpoint import remove_folder
+
+        numbered = sorted(
+            (int(p.name.removeprefix("checkpoint_")), p)
+            for p in self.save_path.glob("checkpoint_*")
+            if p.name.removeprefix("checkpoint_").isdigit()
+        )
+        for _, old in numbered[: -self.keep_last]:
+            remove_folder(old)
 
 
 class StopTrainingOnRewardThreshold(BaseCallback):

@@ -22,7 +22,7 @@ import torch
 
 from agents.base import Agent, AgentConfig
 from agents.engines.hardware import AutocastSetting, autocast_context, device_of
-from agents.rl.checkpoint import load_training_state, save_training_state
+from agents.rl.checkpoint import atomic_folder, load_training_state, save_training_state
 from agents.rl.forward import PolicyOutput, policy_forward, prompt_groups
 from agents.rl.logger import make_logger
 from agents.rl.rollout import Episode, TokenBatch, collect_episodes, rollout_stats
@@ -191,8 +191,10 @@ class TrainableAgent(Agent):
         return autocast_context(self.config.autocast, device_of(self.model))
 
     def _ensure_logger(self) -> Any:
-        if self.logger is None:
-            self.logger = make_logger(self.config.log_dir, self.config.log_formats, self.config.verbose)
+        if self.logger is None:  # a resumed agent continues its log dir from its own update count
+            self.logger = make_logger(
+                self.config.log_dir, self.config.log_formats, self.config.verbose, self.num_timesteps or None
+            )
         return self.logger
 
     def micro_batches(self, size: int) -> Iterator[slice]:
@@ -443,18 +445,21 @@ class TrainableAgent(Agent):
     # --- persistence --------------------------------------------------------------------------------------------
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """A resumable checkpoint: config, trainable weights, optimizer, RNG streams and counters."""
+        """A resumable checkpoint: config, trainable weights, optimizer, RNG streams and counters.
+
+        Written to a folder aside and renamed into place (``atomic_folder``): never half old, half new."""
         folder = Path(path)
-        super().save(folder)
-        save_training_state(
-            folder,
-            modules=self.checkpoint_modules(),
-            optimizer=self.optimizer,
-            counters={
-                "num_timesteps": self.num_timesteps,
-                "problem_rng": self._problem_rng.bit_generator.state,
-            },
-        )
+        with atomic_folder(folder) as staging:
+            super().save(staging)
+            save_training_state(
+                staging,
+                modules=self.checkpoint_modules(),
+                optimizer=self.optimizer,
+                counters={
+                    "num_timesteps": self.num_timesteps,
+                    "problem_rng": self._problem_rng.bit_generator.state,
+                },
+            )
         return folder
 
     def load_checkpoint(self, path: str | Path) -> TrainableAgent:
