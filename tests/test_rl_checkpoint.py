@@ -34,7 +34,7 @@ def toy_grpo(**overrides) -> GRPO:
         group_size=4,
         max_new_tokens=4,
         max_steps=1,
-        bf16=False,
+        autocast="off",
         verbose=0,
         seed=0,
         **overrides,
