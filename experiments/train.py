@@ -1,35 +1,105 @@
 """Train (or just evaluate) an RL / SFT agent on an ``openr/*`` environment, with held-out evaluation and curves.
 
+The agent is a subcommand (``grpo``, the default, ``ppo``, ``sft``) and every field of its config dataclass is a flag
+(``--group-size 8``, ``--learning-rate 2e-5``, ``--seed 1``, ``--log-dir runs/x``); ``--help`` after the subcommand
+lists them with their defaults. Flags of the script and of the agent may come in any order.
+
 Examples::
 
     # supervised warm-start on Arithmetic worked solutions (level 1)
-    python experiments/train.py --agent sft --env openr/Arithmetic-v0 --env-kwargs '{"level": 1}' \\
+    python -m experiments.train sft --env openr/Arithmetic-v0 --env-kwargs '{"level": 1}' \\
         --steps 30 --log-dir runs/sft --save runs/sft/agent
     # GRPO from the warm-start, evaluated every 5 updates on 64 held-out problems
-    python experiments/train.py --agent grpo --env openr/Arithmetic-v0 --env-kwargs '{"levels": [1, 2]}' \\
-        --init runs/sft/agent --steps 20 --eval-every 5 --log-dir runs/grpo --save runs/grpo/agent
+    python -m experiments.train grpo --env openr/Arithmetic-v0 --env-kwargs '{"levels": [1, 2]}' \\
+        --init runs/sft/agent --steps 20 --eval-every 5 --group-size 8 --log-dir runs/grpo --save runs/grpo/agent
     # pass@1 / pass@8 per level of a saved policy
-    python experiments/train.py --eval-only --init runs/sft/agent --levels 1 2 3 --eval-problems 50 --pass-k 8
+    python -m experiments.train --eval-only --init runs/sft/agent --levels 1 2 3 --eval-problems 50 --pass-k 8
 
-Config fields of the agent's dataclass are set with ``--set name=value`` (e.g. ``--set group_size=8``).
 Logs: stdout, ``progress.csv`` and TensorBoard events in ``--log-dir``; ``curves.png`` and ``results.json`` too.
+To add an agent: one line in ``AGENTS`` and one subcommand in ``AgentConfigChoice``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union
+
+import tyro
+
+from agents.rl.grpo import GRPOConfig
+from agents.rl.ppo import PPOConfig
+from agents.rl.sft import SFTConfig
 
 HELD_OUT_SEED_BASE = 1_000_000_000
 """Evaluation problems come from reset seeds >= this; training draws fresh seeds from the agent's own RNG, which
 practically never hits this small range (and the Arithmetic generator's problem id is drawn from the seed)."""
 
-AGENTS = {"grpo": "agents.rl.grpo:GRPO", "ppo": "agents.rl.ppo:PPO", "sft": "agents.rl.sft:SFT"}
+AGENTS: dict[type, str] = {
+    GRPOConfig: "agents.rl.grpo:GRPO",
+    PPOConfig: "agents.rl.ppo:PPO",
+    SFTConfig: "agents.rl.sft:SFT",
+}
+"""Agent class (``module:name``) for each config class the command line can build."""
+
+AgentConfigChoice = Union[
+    Annotated[GRPOConfig, tyro.conf.subcommand("grpo", default=GRPOConfig())],
+    Annotated[PPOConfig, tyro.conf.subcommand("ppo", default=PPOConfig())],
+    Annotated[SFTConfig, tyro.conf.subcommand("sft", default=SFTConfig())],
+]
+
+
+@dataclass
+class TrainScriptConfig:
+    """Train (or evaluate) an RL / SFT agent on an openr/* environment; the agent's own config is its subcommand."""
+
+    agent: AgentConfigChoice = field(default_factory=GRPOConfig)
+    """The agent (subcommand) and its config: every field of ``GRPOConfig`` / ``PPOConfig`` / ``SFTConfig``,
+    including ``--seed`` and ``--log-dir`` (CSV, TensorBoard, curves.png and results.json go there)."""
+    env: str = "openr/Arithmetic-v0"
+    """Environment id."""
+    env_kwargs: str = "{}"
+    """JSON kwargs for ``gym.make``, e.g. '{"level": 1}'."""
+    model: str = "smollm2-135m-instruct"
+    """Model name, HF id or folder (ignored with ``--init``)."""
+    init: str | None = None
+    """Start from a saved agent folder (its ``policy/``) or an HF folder."""
+    steps: int = 10
+    """Policy updates (SFT: optimizer steps)."""
+    save: str | None = None
+    """Folder for the trained agent."""
+    eval_problems: int = 64
+    """Held-out problems per evaluation (0: no evaluation)."""
+    eval_every: int = 0
+    """Evaluate every N updates (0: at the start and the end only)."""
+    skip_initial_eval: bool = False
+    """No held-out evaluation before training."""
+    eval_only: bool = False
+    """Only evaluate ``--init`` / ``--model`` per level (greedy accuracy and pass@k)."""
+    levels: tuple[int, ...] = (1, 2, 3)
+    """Levels evaluated by ``--eval-only``."""
+    pass_k: int = 8
+    """k of pass@k in ``--eval-only`` (1: greedy only)."""
+    eval_temperature: float = 1.0
+    """Sampling temperature for pass@k."""
+    threads: int | None = None
+    """Torch CPU threads (default: all CPUs this process may use)."""
+    max_minutes: float | None = None
+    """Stop training after this wall time."""
+
+
+def parse_args(argv: list[str] | None = None) -> TrainScriptConfig:
+    """The script's config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(
+        TrainScriptConfig,
+        args=argv,
+        description=__doc__,
+        config=(tyro.conf.OmitSubcommandPrefixes, tyro.conf.CascadeSubcommandArgs),
+    )
 
 
 def _import(target: str) -> Any:
@@ -39,31 +109,9 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def build_config(agent_class: Any, seed: int, log_dir: str | None, overrides: list[str]) -> Any:
-    config_class = agent_class.config_class
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    values: dict[str, Any] = {"seed": seed, "log_dir": log_dir}
-    for item in overrides:
-        name, _, raw = item.partition("=")
-        if name not in fields:
-            raise SystemExit(f"{config_class.__name__} has no field {name!r}; fields: {sorted(fields)}")
-        values[name] = _parse_value(raw)
-    if "adam_betas" in values:
-        values["adam_betas"] = tuple(values["adam_betas"])
-    if "log_formats" in values:
-        values["log_formats"] = tuple(values["log_formats"])
-    return config_class(**values)
-
-
 def load_policy(model_name: str, init: str | None) -> tuple[Any, Any]:
-    """fp32 master weights (training runs under bf16 autocast); ``init`` is a saved agent folder or HF folder."""
+    """fp32 master weights (training autocasts to bf16 where the device runs it fast); ``init`` is a saved agent
+    folder or HF folder. The device is CUDA when available (``load_model``)."""
     import torch
 
     from agents.engines import load_model
@@ -149,57 +197,42 @@ def plot_progress(csv_path: Path, png_path: Path, title: str = "") -> Path | Non
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--agent", choices=sorted(AGENTS), default="grpo")
-    parser.add_argument("--env", default="openr/Arithmetic-v0")
-    parser.add_argument("--env-kwargs", default="{}", help="JSON kwargs for gym.make, e.g. '{\"level\": 1}'")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name, HF id or folder")
-    parser.add_argument("--init", default=None, help="start from a saved agent folder (or HF folder)")
-    parser.add_argument("--steps", type=int, default=10, help="policy updates (SFT: optimizer steps)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override")
-    parser.add_argument("--log-dir", default=None)
-    parser.add_argument("--save", default=None, help="folder for the trained agent")
-    parser.add_argument("--eval-problems", type=int, default=64, help="held-out problems per evaluation")
-    parser.add_argument(
-        "--eval-every", type=int, default=0, help="evaluate every N updates (0: start and end)"
-    )
-    parser.add_argument("--eval-only", action="store_true", help="only evaluate --init/--model per level")
-    parser.add_argument("--levels", type=int, nargs="*", default=[1, 2, 3], help="levels for --eval-only")
-    parser.add_argument("--pass-k", type=int, default=8, help="k for pass@k in --eval-only")
-    parser.add_argument("--eval-temperature", type=float, default=1.0, help="sampling temperature for pass@k")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all allowed CPUs)")
-    parser.add_argument(
-        "--skip-initial-eval", action="store_true", help="no held-out evaluation before training"
-    )
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
 
     import torch
 
     import reasoning_gym  # noqa: F401
     from agents.engines import HFEngine
+    from agents.engines.hardware import autocast_dtype, device_of, hardware_info
     from agents.rl.callbacks import EvalCallback
 
     if args.threads:
         torch.set_num_threads(args.threads)
     env_kwargs = json.loads(args.env_kwargs)
-    log_dir = Path(args.log_dir) if args.log_dir else None
+    config = args.agent
+    log_dir = Path(config.log_dir) if config.log_dir else None
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_policy(args.model, args.init)
     engine = HFEngine(model, tokenizer, num_threads=args.threads)
-    agent_class = _import(AGENTS[args.agent])
-    config = build_config(agent_class, args.seed, str(log_dir) if log_dir else None, args.set)
+    agent_class = _import(AGENTS[type(config)])
     agent = agent_class(engine, args.env, config, env_kwargs=env_kwargs)
+    agent_name = agent_class.__name__.lower()
     started = time.time()
-    results: dict[str, Any] = {"command": " ".join(sys.argv), "config": dataclasses.asdict(config)}
+    results: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "agent": agent_name,
+        "config": dataclasses.asdict(args),
+        "hardware": hardware_info(
+            model_dtype=next(model.parameters()).dtype,
+            autocast=autocast_dtype(config.autocast, device_of(model)),
+            device=str(device_of(model)),
+        ),
+    }
 
     if args.eval_only:
         results["levels"] = evaluate_levels(
-            agent, args.env, args.levels, args.eval_problems, args.pass_k, args.eval_temperature
+            agent, args.env, list(args.levels), args.eval_problems, args.pass_k, args.eval_temperature
         )
     else:
         seeds = held_out_seeds(args.eval_problems)
@@ -226,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             agent.save(args.save)
         if log_dir:
             png = plot_progress(
-                log_dir / "progress.csv", log_dir / "curves.png", f"{args.agent} on {args.env}"
+                log_dir / "progress.csv", log_dir / "curves.png", f"{agent_name} on {args.env}"
             )
             results["curves"] = str(png) if png else None
     results["wall_seconds"] = time.time() - started

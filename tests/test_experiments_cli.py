@@ -1,0 +1,79 @@
+"""Every experiments script builds its command line from a documented config dataclass with tyro."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+
+import pytest
+
+pytest.importorskip("tyro")
+pytest.importorskip("torch")
+
+# script module -> its config class (one per script; names are unique across scripts)
+SCRIPTS = {
+    "experiments.train": "TrainScriptConfig",
+}
+
+
+def _config_class(module_name: str):
+    return getattr(importlib.import_module(module_name), SCRIPTS[module_name])
+
+
+def _field_docs(config_class) -> dict[str, str]:
+    """Field docstrings as tyro reads them (the string under each field)."""
+    from tyro._docstrings import get_field_docstring
+
+    return {
+        f.name: get_field_docstring(config_class, f.name, ()) or ""
+        for f in dataclasses.fields(config_class)
+    }
+
+
+@pytest.mark.parametrize("module_name", sorted(SCRIPTS))
+def test_every_field_is_documented(module_name):
+    config_class = _config_class(module_name)
+    undocumented = [name for name, doc in _field_docs(config_class).items() if not doc.strip()]
+    assert undocumented == []
+
+
+def test_config_class_names_are_unique():
+    names = [SCRIPTS[m] for m in SCRIPTS]
+    assert len(names) == len(set(names))
+    from agents.rl.trainer import TrainConfig
+
+    assert TrainConfig.__name__ not in names
+
+
+def test_train_agent_is_a_subcommand_with_its_config_as_flags():
+    from agents.rl.grpo import GRPOConfig
+    from agents.rl.ppo import PPOConfig
+    from experiments.train import parse_args
+
+    default = parse_args([])
+    assert default.agent == GRPOConfig() and default.steps == 10
+    parsed = parse_args(["--steps", "3", "ppo", "--epochs", "2", "--seed", "5", "--autocast", "off"])
+    assert isinstance(parsed.agent, PPOConfig)
+    assert (parsed.steps, parsed.agent.epochs, parsed.agent.seed, parsed.agent.autocast) == (3, 2, 5, "off")
+    assert parse_args(["grpo", "--no-scale-rewards"]).agent.scale_rewards is False
+    with pytest.raises(SystemExit):
+        parse_args(["grpo", "--no-such-field", "1"])
+
+
+def test_train_runs_end_to_end_with_a_tiny_model(tmp_path):
+    from agents.engines.testing import save_tiny_model
+    from experiments.train import main
+
+    model = save_tiny_model(tmp_path / "model", num_layers=1, hidden_size=32)
+    log_dir = tmp_path / "run"
+    results = main(
+        ["sft", "--model", str(model), "--env-kwargs", '{"level": 1}', "--steps", "1", "--batch-size", "2"]
+        + ["--micro-batch-size", "2", "--max-new-tokens", "4", "--eval-problems", "0"]
+        + ["--log-dir", str(log_dir), "--save", str(tmp_path / "agent"), "--threads", "1", "--verbose", "0"]
+    )
+    assert results["agent"] == "sft" and results["config"]["agent"]["batch_size"] == 2
+    assert (log_dir / "progress.csv").is_file() and "eval" not in results
+    assert results["hardware"]["cpu_capability"] and results["hardware"]["model_dtype"] == "float32"
+    assert json.loads((log_dir / "results.json").read_text())["agent"] == "sft"
+    assert (tmp_path / "agent" / "agent.json").is_file()
