@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import tyro
 
@@ -46,11 +46,11 @@ AGENTS: dict[type, str] = {
 }
 """Agent class (``module:name``) for each config class the command line can build."""
 
-AgentConfigChoice = Union[
-    Annotated[GRPOConfig, tyro.conf.subcommand("grpo", default=GRPOConfig())],
-    Annotated[PPOConfig, tyro.conf.subcommand("ppo", default=PPOConfig())],
-    Annotated[SFTConfig, tyro.conf.subcommand("sft", default=SFTConfig())],
-]
+AgentConfigChoice = (
+    Annotated[GRPOConfig, tyro.conf.subcommand("grpo", default=GRPOConfig())]
+    | Annotated[PPOConfig, tyro.conf.subcommand("ppo", default=PPOConfig())]
+    | Annotated[SFTConfig, tyro.conf.subcommand("sft", default=SFTConfig())]
+)
 
 
 @dataclass

@@ -26,8 +26,7 @@ def _field_docs(config_class) -> dict[str, str]:
     from tyro._docstrings import get_field_docstring
 
     return {
-        f.name: get_field_docstring(config_class, f.name, ()) or ""
-        for f in dataclasses.fields(config_class)
+        f.name: get_field_docstring(config_class, f.name, ()) or "" for f in dataclasses.fields(config_class)
     }
 
 
