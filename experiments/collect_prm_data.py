@@ -43,6 +43,8 @@ class CollectConfig:
     """Environment whose problems, instruction and step delimiter are used."""
     levels: list[int] = field(default_factory=lambda: [1, 2])
     """Arithmetic levels (ignored for other envs)."""
+    data: str = ""
+    """Data file for MATH / GSM8K (the env's ``data_path``); empty: the env's default."""
     few_shot: int = 0
     """Worked examples (problem + solution in the env's step format) given as earlier chat turns; Arithmetic only.
     A weak policy copies the step format and states its answers far more often with one or two examples."""
@@ -103,7 +105,9 @@ def _problems(config: CollectConfig) -> tuple[list[Any], str, str]:
 
     import reasoning_gym  # noqa: F401
 
-    kwargs = {"levels": config.levels} if config.env_id == "openr/Arithmetic-v0" else {}
+    kwargs: dict[str, Any] = {"levels": config.levels} if config.env_id == "openr/Arithmetic-v0" else {}
+    if config.data:
+        kwargs["data_path"] = config.data
     env = gym.make(config.env_id, **kwargs)
     problems, seen = [], set()
     offset = 0

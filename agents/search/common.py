@@ -17,7 +17,7 @@ from agents.search.selection import select
 from agents.search.tree import Node
 from agents.search.values import NodeValue, make_value
 
-__all__ = ["SearchAgent", "SearchConfig"]
+__all__ = ["SearchAgent", "SearchConfig", "choose_index"]
 
 
 @dataclass
@@ -84,9 +84,11 @@ class SearchAgent(Agent):
         of them when none did (truncated ones only)."""
         if not candidates:
             raise ValueError("no candidates to choose from")
-        candidates = [c for c in candidates if c.terminated] or list(candidates)
-        index = select(
-            self.selection_rule, [c.answer for c in candidates], [c.step_scores for c in candidates]
+        index = choose_index(
+            self.selection_rule,
+            [c.answer for c in candidates],
+            [c.step_scores for c in candidates],
+            [c.terminated for c in candidates],
         )
         return candidates[index]
 
@@ -146,9 +148,27 @@ class SearchAgent(Agent):
             full_prompt_tokens=ledger.full_prompt_tokens,
             ideal_prompt_tokens=ledger.ideal_prompt_tokens,
             prm_calls=ledger.prm_calls,
+            prm_tokens=ledger.prm_tokens,
             wall_time=ledger.wall_time,
             problem_id=chosen.info.get("problem_id"),
             num_candidates=len(candidates),
             pass_at_k=any(outcome_of(c.info) for c in candidates),
             candidate_answers=[c.answer for c in candidates],
+            candidate_scores=[list(c.step_scores) for c in candidates],
+            candidate_correct=[outcome_of(c.info) for c in candidates],
+            candidate_terminated=[c.terminated for c in candidates],
         )
+
+
+def choose_index(
+    rule: str,
+    answers: Sequence[str | None],
+    scores: Sequence[Sequence[float]],
+    terminated: Sequence[bool],
+) -> int:
+    """Index of the candidate ``rule`` picks among those that terminated (stated an answer, won the game), or
+    among all when none did; what ``SearchAgent.choose`` applies, and what re-applying another rule to a
+    result's recorded candidates (``candidate_answers`` / ``_scores`` / ``_terminated``) needs."""
+    pool = [i for i, done in enumerate(terminated) if done] or list(range(len(answers)))
+    picked = select(rule, [answers[i] for i in pool], [scores[i] for i in pool])
+    return pool[picked]

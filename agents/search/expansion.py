@@ -34,6 +34,9 @@ class Ledger:
     """Engine calls this problem took part in (a call is shared by every problem in the batch)."""
     prm_calls: int = 0
     """Value-model / PRM calls this problem took part in."""
+    prm_tokens: int = 0
+    """Tokens the PRM / value model read for this problem's candidates (0 when the scorer does not report
+    ``last_read_tokens``, e.g. the likelihood fallback, which costs no model call)."""
     wall_time: float = 0.0
     """Seconds of the batch this problem was solved in, divided by the batch size."""
 

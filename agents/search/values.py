@@ -50,6 +50,10 @@ class PRMValue:
             raise ValueError(f"PRM returned {len(scores)} score lists for {len(todo)} candidates")
         for problem in {node.problem for node in todo}:
             ledgers[problem].prm_calls += 1
+        read = getattr(self.prm, "last_read_tokens", None)  # set by rewards.prm's models on every score call
+        if isinstance(read, list) and len(read) == len(todo):
+            for node, tokens in zip(todo, read):
+                ledgers[node.problem].prm_tokens += int(tokens)
         for node, step_scores in zip(todo, scores):
             node.step_scores = [float(s) for s in step_scores]
             node.value = node.step_scores[-1] if node.step_scores else 0.0

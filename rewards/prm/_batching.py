@@ -92,7 +92,11 @@ def chunked_position_scores(
 
 def score_positions_in_eval_mode(prm: Any, encoded: Sequence, reader: Any) -> list[list[float]]:
     """``chunked_position_scores`` for a PRM (``model``, ``tokenizer``, ``batch_size``, ``max_batch_tokens``), with
-    the model in eval mode for the call and its training mode restored after (a trainer may share it)."""
+    the model in eval mode for the call and its training mode restored after (a trainer may share it).
+
+    Sets ``prm.last_read_tokens``: the input tokens read per scored candidate (padding excluded), so a caller can
+    count the PRM's compute next to the policy's (the test-time scaling benchmark's x-axis)."""
+    prm.last_read_tokens = [len(ids) for ids, _ in encoded]
     was_training = prm.model.training
     prm.model.eval()
     try:

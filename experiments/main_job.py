@@ -1,0 +1,803 @@
+"""The main job (``make demo``): OpenR's test-time scaling pipeline on the policy's own problems, at equal compute.
+
+Four stages, each cached under ``<out>/stages/<name>-<key>/`` (key: a hash of the stage's config and its inputs'
+keys, ``experiments/stages.py``), reused on the next run, rebuilt with ``--fresh``:
+
+1. ``policy``: the SFT warm-start of docs/rl.md (``agents.SFT`` on the env's worked solutions), or ``--model`` as
+   it is with ``--sft-steps 0``.
+2. ``labels``: Monte-Carlo step labels on training problems from that policy (Math-Shepherd; OpenR's data
+   pipeline): ``experiments/collect_prm_data.py``.
+3. ``prm``: a Math-Shepherd step-tag PRM trained on them from the policy's weights (``experiments/train_prm.py``);
+   its step AUC on held-out training questions is printed.
+4. ``search``: on held-out problem sets (disjoint from the training problems): greedy, majority vote, PRM-weighted
+   vote, PRM best-of-N, PRM beam search and PRM-guided MCTS at each budget.
+
+The x-axis is compute per problem: tokens the policy generated + prompt tokens the engine processed (after prefix
+re-use) + tokens the PRM read. Majority vote, PRM-weighted vote and PRM best-of-N choose from the same best-of-N
+samples (as OpenR evaluates them); majority vote is not charged for the PRM. Prints a table and the equal-compute
+comparison, writes ``results.json``, ``accuracy_vs_compute.png`` and TensorBoard scalars to ``--out``.
+
+    python -m experiments.main_job                      # the default: Arithmetic, SmolLM2-135M-Instruct, offline
+    python -m experiments.main_job --fresh              # rebuild every stage
+    python -m experiments.main_job --env openr/GSM8K-v0 --data path/to/gsm8k.jsonl --model my/policy --sft-steps 0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.stages import StageCache, StageResult, path_fingerprint
+
+__all__ = [
+    "METHODS",
+    "MainJobConfig",
+    "compute_of",
+    "equal_compute_gaps",
+    "main",
+    "method_rows",
+    "run_pipeline",
+]
+
+ARITHMETIC = "openr/Arithmetic-v0"
+
+# method -> (search run it reads, selection rule applied to that run's candidates or None for the run's own
+# choice, whether the PRM's read tokens count). ``{agg}`` is the PRM aggregation (``--prm-aggregation``).
+METHODS: dict[str, tuple[str, str | None, bool]] = {
+    "greedy": ("greedy", None, False),
+    "majority_vote": ("best_of_n", "majority_vote", False),
+    "prm_vote": ("best_of_n", "prm_{agg}_vote", True),
+    "prm_best_of_n": ("best_of_n", "prm_{agg}_max", True),
+    "prm_beam_search": ("beam_search", None, True),
+    "mcts": ("mcts", None, True),
+}
+
+
+@dataclass
+class MainJobConfig:
+    """Everything the main job's four stages and its report depend on."""
+
+    env: str = ARITHMETIC
+    """Registered env id (its problems, instruction and step delimiter)."""
+    levels: tuple[int, ...] = (2,)
+    """Arithmetic levels of the training (labels) and held-out (search) problems; ignored by other envs."""
+    sft_levels: tuple[int, ...] = (1,)
+    """Arithmetic levels of the worked solutions the warm-start is trained on (docs/rl.md: level 1)."""
+    env_kwargs: str = "{}"
+    """Extra JSON keyword arguments for ``gym.make`` (every stage)."""
+    data: str = ""
+    """Data file for MATH / GSM8K (the env's ``data_path``)."""
+    model: str = "smollm2-135m-instruct"
+    """Base model (name, HF id or local folder); the warm-start starts from it."""
+    sft_steps: int = 10
+    """SFT optimizer steps on the env's worked solutions (stage 1); 0 searches with ``model`` as it is."""
+    sft_batch_size: int = 16
+    """Worked solutions per SFT step."""
+    sft_learning_rate: float = 1e-4
+    """SFT learning rate (AdamW)."""
+    label_problems: int = 128
+    """Training problems for the Monte-Carlo labels (stage 2)."""
+    label_samples: int = 4
+    """Solutions sampled per training problem."""
+    label_rollouts: int = 2
+    """Completions sampled from every step prefix; a step's label is whether one of them (or the solution itself)
+    reaches the right answer (Math-Shepherd's hard estimate)."""
+    prm_epochs: int = 2
+    """PRM training epochs (stage 3)."""
+    prm_learning_rate: float = 1e-4
+    """PRM learning rate."""
+    prm_trainable_layers: int = 4
+    """Decoder layers of the PRM that train (the last ones; 0: all): the rest stay the policy's."""
+    prm_batch_size: int = 16
+    """Labelled solutions per PRM optimizer step."""
+    prm_eval_fraction: float = 0.2
+    """Training questions held out of PRM training to measure its step AUC (never the search problems)."""
+    prm_aggregation: str = "min"
+    """How a candidate's step scores combine for PRM vote / best-of-N / beam and MCTS answers: ``min``
+    (Math-Shepherd) or ``last``."""
+    budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    """Search budgets: N for best-of-N, the beam width (2 expansions per beam), MCTS simulations (2 expansions)."""
+    problem_sets: int = 3
+    """Disjoint held-out problem sets; the spread over them is shown."""
+    problems_per_set: int = 16
+    """Problems per held-out set (searched together: one engine call per wave for the whole set)."""
+    test_seed: int = 50_000_000
+    """Held-out set ``i`` comes from reset seeds ``test_seed + 100_000 * i`` (training problems from 0)."""
+    temperature: float = 1.2
+    """Sampling temperature for labels and search (the warm-start is nearly deterministic at 1.0)."""
+    max_steps: int = 4
+    """Reasoning steps per episode."""
+    max_new_tokens: int = 32
+    """Tokens per step."""
+    dtype: str = "auto"
+    """Dtype for generation and PRM scoring (``auto``: bf16 where the CPU runs it fast); training is fp32 +
+    bf16 autocast."""
+    threads: int | None = None
+    """Torch threads; default: all cores on a quiet machine, 1 on a busy one."""
+    seed: int = 0
+    """Seed of every stage."""
+    out: str = "runs/main_job"
+    """Output folder: ``stages/`` (the cache), ``results.json``, ``accuracy_vs_compute.png``, ``tensorboard/``."""
+    fresh: bool = False
+    """Rebuild every stage instead of reusing the cache."""
+    progress: bool = True
+    """Show a progress bar per stage."""
+
+
+# --- configuration helpers -------------------------------------------------------------------------------------
+
+
+def env_kwargs(config: MainJobConfig, levels: Sequence[int]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = json.loads(config.env_kwargs)
+    if config.env == ARITHMETIC:
+        kwargs.setdefault("levels", list(levels))
+    if config.data:
+        kwargs["data_path"] = config.data
+    return kwargs
+
+
+def _model_dtype(config: MainJobConfig) -> Any:
+    from agents.engines.models import resolve_dtype
+
+    return resolve_dtype(config.dtype)
+
+
+def _bar(config: MainJobConfig, total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not config.progress, unit="it", leave=True)
+
+
+# --- stage 1: the policy ---------------------------------------------------------------------------------------
+
+
+def build_policy(config: MainJobConfig, folder: Path) -> dict[str, Any]:
+    """SFT warm-start on the env's worked solutions (docs/rl.md), saved as ``policy/``."""
+    import torch
+
+    from agents.engines import HFEngine, load_model
+    from agents.rl.sft import SFT, SFTConfig
+
+    model, tokenizer = load_model(config.model, dtype=torch.float32)
+    engine = HFEngine(model, tokenizer, num_threads=config.threads)
+    sft_config = SFTConfig(
+        seed=config.seed,
+        learning_rate=config.sft_learning_rate,
+        batch_size=config.sft_batch_size,
+        log_dir=str(folder / "log"),
+        log_formats=("csv", "tensorboard"),
+        verbose=0,
+    )
+    agent = SFT(engine, config.env, sft_config, env_kwargs=env_kwargs(config, config.sft_levels))
+    losses: list[float] = []
+    bar = _bar(config, config.sft_steps, "stage 1/4 SFT warm-start")
+
+    def on_step(locals_: dict, globals_: dict) -> bool:
+        loss = agent.logger.name_to_value.get("train/loss")
+        if loss is not None:
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update(1)
+        return True
+
+    agent.learn(config.sft_steps, callback=on_step)
+    bar.close()
+    agent.save(folder)
+    return {"policy": "policy", "losses": losses}
+
+
+def policy_path(config: MainJobConfig, stage: StageResult | None) -> str:
+    return config.model if stage is None else str(stage.folder / stage.summary["policy"])
+
+
+# --- stage 2: Monte-Carlo step labels --------------------------------------------------------------------------
+
+
+def collect_config(config: MainJobConfig, policy: str, out: str) -> Any:
+    from experiments.collect_prm_data import CollectConfig
+
+    return CollectConfig(
+        env_id=config.env,
+        levels=list(config.levels),
+        data=config.data,
+        model=policy,
+        dtype=config.dtype,
+        num_problems=config.label_problems,
+        problem_seed=0,
+        samples=config.label_samples,
+        rollouts=config.label_rollouts,
+        max_steps=config.max_steps,
+        max_new_tokens=config.max_steps * config.max_new_tokens,
+        rollout_max_new_tokens=config.max_steps * config.max_new_tokens,
+        temperature=config.temperature,
+        problems_per_batch=16,
+        seed=config.seed,
+        out=out,
+    )
+
+
+def build_labels(config: MainJobConfig, folder: Path, engine: Any, policy: str) -> dict[str, Any]:
+    from experiments.collect_prm_data import collect
+
+    print("stage 2/4 Monte-Carlo step labels (collect_prm_data)", flush=True)
+    summary = collect(collect_config(config, policy, str(folder)), engine, config.progress)
+    ids = sorted({json.loads(line)["problem_id"] for line in open(folder / "samples.jsonl")})
+    (folder / "problem_ids.json").write_text(json.dumps(ids))
+    return {k: v for k, v in summary.items() if k not in ("config", "few_shot_messages")}
+
+
+# --- stage 3: the PRM ------------------------------------------------------------------------------------------
+
+
+def prm_train_config(config: MainJobConfig, policy: str, labels: str, folder: Path) -> Any:
+    from experiments.train_prm import TrainConfig
+
+    return TrainConfig(
+        data=[labels],
+        eval_fraction=config.prm_eval_fraction,
+        model=policy,
+        format="math-shepherd",
+        labels="hard",
+        epochs=config.prm_epochs,
+        lr=config.prm_learning_rate,
+        batch_size=config.prm_batch_size,
+        max_length=256,
+        trainable_layers=config.prm_trainable_layers,
+        eval_at="epochs",
+        logdir=str(folder / "tensorboard"),
+        out=str(folder / "model"),
+        seed=config.seed,
+    )
+
+
+def build_prm(config: MainJobConfig, folder: Path, policy: str, labels: str) -> dict[str, Any]:
+    from experiments.train_prm import train
+
+    print("stage 3/4 PRM training (train_prm)", flush=True)
+    result = train(prm_train_config(config, policy, labels, folder), progress=config.progress)
+    return {
+        "model": "model",
+        "auc_before": result["eval_before"].get("auc"),
+        "auc": result["eval_after"].get("auc"),
+        "eval_steps": result["eval_after"].get("steps"),
+        "train_examples": result["train_examples"],
+        "optimizer_steps": result["optimizer_steps"],
+    }
+
+
+# --- stage 4: search -------------------------------------------------------------------------------------------
+
+
+def search_runs(config: MainJobConfig) -> list[tuple[str, int]]:
+    """(run, budget) pairs; greedy runs once."""
+    runs = [("greedy", 1)]
+    for name in ("best_of_n", "beam_search", "mcts"):
+        runs += [(name, b) for b in config.budgets]
+    return runs
+
+
+def make_agent(run: str, budget: int, config: MainJobConfig, engine: Any, env: Any, prm: Any) -> Any:
+    import agents
+
+    common = {
+        "seed": config.seed,
+        "max_steps": config.max_steps,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "batch_problems": config.problems_per_set,
+    }
+    vote = f"prm_{config.prm_aggregation}_vote"
+    if run == "greedy":
+        return agents.Greedy(engine, env, **common)
+    if run == "best_of_n":  # scored by the PRM so every selection rule can be applied to the same samples
+        return agents.BestOfN(engine, env, prm=prm, n=budget, selection=vote, **common)
+    if run == "beam_search":
+        return agents.BeamSearch(
+            engine, env, prm=prm, beam_width=budget, num_expansions=2, selection=vote, **common
+        )
+    if run == "mcts":
+        return agents.MCTS(
+            engine, env, prm=prm, num_simulations=budget, num_expansions=2, selection=vote, **common
+        )
+    raise ValueError(f"unknown search run {run!r}")
+
+
+def held_out_sets(config: MainJobConfig, env: Any, exclude: set[str]) -> list[list[dict[str, str]]]:
+    """``problem_sets`` disjoint sets of reset options, none of them a training problem."""
+    from experiments.benchmark import draw_problems
+
+    sets: list[list[dict[str, str]]] = []
+    seen = set(exclude)
+    for index in range(config.problem_sets):
+        drawn = draw_problems(env, config.problems_per_set * 2, config.test_seed + 100_000 * index)
+        fresh = [p for p in drawn if p["problem_id"] not in seen][: config.problems_per_set]
+        if len(fresh) < config.problems_per_set:
+            raise ValueError(f"not enough held-out problems for set {index} (the env has too few problems)")
+        seen.update(p["problem_id"] for p in fresh)
+        sets.append(fresh)
+    return sets
+
+
+def build_search(
+    config: MainJobConfig, folder: Path, engine: Any, prm: Any, exclude: set[str]
+) -> dict[str, Any]:
+    """Every (run, budget) on every held-out set; finished cells go to ``cells.jsonl`` at once, so an interrupted
+    build resumes where it stopped."""
+    import gymnasium as gym
+
+    import reasoning_gym  # noqa: F401  (registers openr/*)
+    from experiments.benchmark import run_agent
+
+    env = gym.make(config.env, **env_kwargs(config, config.levels))
+    sets = held_out_sets(config, env, exclude)
+    cells_path = folder / "cells.jsonl"
+    done = set()
+    if cells_path.is_file():
+        for line in cells_path.read_text().splitlines():
+            cell = json.loads(line)
+            done.add((cell["run"], cell["budget"], cell["set"]))
+    runs = search_runs(config)
+    total = len(runs) * sum(len(s) for s in sets)
+    bar = _bar(config, total, "stage 4/4 search")
+    with cells_path.open("a") as cells:
+        for run, budget in runs:
+            for index, problems in enumerate(sets):
+                if (run, budget, index) in done:
+                    bar.update(len(problems))
+                    continue
+                bar.set_postfix_str(f"{run} budget={budget} set={index}")
+                agent = make_agent(run, budget, config, engine, env, prm)
+                reset = getattr(engine, "reset_prefix_cache", None)
+                if reset is not None:  # each cell's prompt re-use is its own
+                    reset()
+                results, seconds = run_agent(agent, env, problems, bar)
+                cell = {"run": run, "budget": budget, "set": index, "seconds": seconds, "results": results}
+                cells.write(json.dumps(cell, default=str) + "\n")
+                cells.flush()
+    bar.close()
+    env.close()
+    return {"cells": "cells.jsonl", "sets": [[p["problem_id"] for p in s] for s in sets]}
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def compute_of(result: dict[str, Any], with_prm: bool) -> float:
+    """Compute one problem cost: generated + processed prompt tokens (+ the PRM's read tokens when it is used)."""
+    return float(
+        result["generated_tokens"]
+        + result["prompt_tokens"]
+        + (result.get("prm_tokens", 0) if with_prm else 0)
+    )
+
+
+def _correct(result: dict[str, Any], rule: str | None) -> bool:
+    """Whether the method's answer is right: the run's own choice, or ``rule`` re-applied to its candidates."""
+    if rule is None:
+        return bool(result["correct"])
+    from agents.search.common import choose_index
+
+    index = choose_index(
+        rule, result["candidate_answers"], result["candidate_scores"], result["candidate_terminated"]
+    )
+    return bool(result["candidate_correct"][index])
+
+
+def method_rows(cells: Sequence[dict[str, Any]], config: MainJobConfig) -> list[dict[str, Any]]:
+    """One row per (method, budget): accuracy per held-out set and its mean / min / max, mean compute per problem
+    (and its parts), pass@k and seconds."""
+    by_cell = {(c["run"], c["budget"], c["set"]): c for c in cells}
+    rows = []
+    for method, (run, rule, with_prm) in METHODS.items():
+        rule = rule.format(agg=config.prm_aggregation) if rule else None
+        budgets = [1] if run == "greedy" else list(config.budgets)
+        for budget in budgets:
+            per_set = [by_cell[key] for key in sorted(by_cell) if key[:2] == (run, budget)]
+            if not per_set:
+                continue
+            accuracy = [sum(_correct(r, rule) for r in c["results"]) / len(c["results"]) for c in per_set]
+            compute = [
+                sum(compute_of(r, with_prm) for r in c["results"]) / len(c["results"]) for c in per_set
+            ]
+            flat = [r for c in per_set for r in c["results"]]
+
+            def mean(key: str, results: list[dict] = flat) -> float:
+                return sum(float(r.get(key, 0)) for r in results) / max(len(results), 1)
+
+            rows.append(
+                {
+                    "method": method,
+                    "budget": budget,
+                    "accuracy": sum(accuracy) / len(accuracy),
+                    "accuracy_min": min(accuracy),
+                    "accuracy_max": max(accuracy),
+                    "accuracy_per_set": accuracy,
+                    "compute": sum(compute) / len(compute),
+                    "compute_per_set": compute,
+                    "generated_tokens": mean("generated_tokens"),
+                    "prompt_tokens": mean("prompt_tokens"),
+                    "prm_tokens": mean("prm_tokens") if with_prm else 0.0,
+                    "pass_at_k": mean("pass_at_k"),
+                    "seconds_per_problem": sum(c["seconds"] for c in per_set) / len(flat),
+                }
+            )
+    return rows
+
+
+def _interpolate(points: Sequence[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear in log2(x) through ``points`` (x, y), held flat beyond the ends."""
+    points = sorted(points)
+    if x <= points[0][0]:
+        return points[0][1]
+    if x >= points[-1][0]:
+        return points[-1][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return max(y0, y1)
+            t = (math.log2(x) - math.log2(x0)) / (math.log2(x1) - math.log2(x0))
+            return y0 + t * (y1 - y0)
+    return points[-1][1]
+
+
+def equal_compute_gaps(
+    rows: Sequence[dict[str, Any]], methods: Sequence[str] = ("prm_vote", "prm_beam_search")
+) -> list[dict[str, Any]]:
+    """Per method and budget: accuracy minus majority vote's accuracy at the same compute, per held-out set
+    (majority's curve interpolated in log compute; beyond its largest budget, its value there), and the mean."""
+    majority = [r for r in rows if r["method"] == "majority_vote"]
+    if not majority:
+        return []
+    sets = len(majority[0]["accuracy_per_set"])
+    curves = [[(r["compute_per_set"][s], r["accuracy_per_set"][s]) for r in majority] for s in range(sets)]
+    largest = max(r["compute"] for r in majority)
+    gaps = []
+    for row in rows:
+        if row["method"] not in methods:
+            continue
+        per_set = [
+            row["accuracy_per_set"][s] - _interpolate(curves[s], row["compute_per_set"][s])
+            for s in range(sets)
+        ]
+        gaps.append(
+            {
+                "method": row["method"],
+                "budget": row["budget"],
+                "compute": row["compute"],
+                "gap": sum(per_set) / sets,
+                "gap_min": min(per_set),
+                "gap_max": max(per_set),
+                "beyond_majority_range": row["compute"] > largest,
+            }
+        )
+    return gaps
+
+
+def verdict(
+    rows: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], auc: float | None
+) -> dict[str, Any]:
+    """Did PRM-guided search beat majority vote by >= 5 points at equal compute at a budget >= 4, and does its
+    accuracy rise with compute? With the numbers that explain the answer either way."""
+    best = max((g for g in gaps if g["budget"] >= 4), key=lambda g: g["gap"], default=None)
+    rising = {}
+    for method in ("prm_vote", "prm_best_of_n", "prm_beam_search", "mcts"):
+        curve = sorted((r["budget"], r["accuracy"]) for r in rows if r["method"] == method)
+        if len(curve) >= 2:
+            rising[method] = curve[-1][1] > curve[0][1]
+    pass_at_k = {r["budget"]: r["pass_at_k"] for r in rows if r["method"] == "majority_vote"}
+    majority = {r["budget"]: r["accuracy"] for r in rows if r["method"] == "majority_vote"}
+    greedy = next((r["accuracy"] for r in rows if r["method"] == "greedy"), None)
+    return {
+        "beats_majority_by_5_points": bool(best and best["gap"] >= 0.05),
+        "best_gap": best,
+        "accuracy_rises_with_compute": rising,
+        "prm_auc": auc,
+        "greedy_accuracy": greedy,
+        "majority_accuracy_per_budget": majority,
+        "pass_at_k_per_budget": pass_at_k,
+    }
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Accuracy against compute per problem, one line per method, its spread over the held-out sets as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    for method in METHODS:
+        points = sorted(
+            (r["compute"], r["accuracy"], r["accuracy_min"], r["accuracy_max"], r["budget"])
+            for r in rows
+            if r["method"] == method
+        )
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        (line,) = ax.plot(xs, [p[1] for p in points], marker="o", label=method)
+        if len(points) > 1:
+            ax.fill_between(
+                xs, [p[2] for p in points], [p[3] for p in points], color=line.get_color(), alpha=0.15
+            )
+        else:
+            ax.errorbar(
+                xs,
+                [p[1] for p in points],
+                yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
+                color=line.get_color(),
+                capsize=3,
+            )
+        for x, y, _, _, budget in points:
+            ax.annotate(str(budget), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("compute per problem (generated + processed prompt + PRM-read tokens)")
+    ax.set_ylabel("accuracy (mean over held-out sets; band: min-max)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _table(rows: Sequence[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="test-time scaling at equal compute (per problem; mean over held-out sets)")
+    columns = [
+        ("method", "method", "{}"),
+        ("budget", "budget", "{}"),
+        ("acc", "accuracy", "{:.3f}"),
+        ("min-max", None, None),
+        ("compute", "compute", "{:.0f}"),
+        ("generated", "generated_tokens", "{:.0f}"),
+        ("prompt", "prompt_tokens", "{:.0f}"),
+        ("PRM read", "prm_tokens", "{:.0f}"),
+        ("pass@k", "pass_at_k", "{:.3f}"),
+        ("s/prob", "seconds_per_problem", "{:.2f}"),
+    ]
+    for header, _, _ in columns:
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for row in rows:
+        cells = []
+        for _, key, fmt in columns:
+            if key is None:
+                cells.append(f"{row['accuracy_min']:.2f}-{row['accuracy_max']:.2f}")
+            else:
+                cells.append(fmt.format(row[key]))
+        table.add_row(*cells)
+    return table
+
+
+def write_tensorboard(folder: Path, rows: Sequence[dict[str, Any]], stages: dict[str, StageResult]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.rmtree(folder, ignore_errors=True)  # one run's scalars, not a pile-up of re-runs
+    writer = SummaryWriter(log_dir=str(folder))
+    for row in rows:
+        method = row["method"]
+        writer.add_scalar(
+            f"{method}/accuracy_vs_compute", row["accuracy"], global_step=int(round(row["compute"]))
+        )
+        writer.add_scalar(f"{method}/accuracy_vs_budget", row["accuracy"], global_step=row["budget"])
+        writer.add_scalar(f"{method}/compute_vs_budget", row["compute"], global_step=row["budget"])
+    prm = stages.get("prm")
+    if prm is not None and prm.summary.get("auc") is not None:
+        writer.add_scalar("stages/prm_auc", prm.summary["auc"], global_step=0)
+    for name, stage in stages.items():
+        writer.add_scalar(f"time/{name}_build_seconds", stage.seconds, global_step=0)
+    writer.close()
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------------
+
+
+def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
+    """Run (or reuse) the four stages and write the report; returns what ``results.json`` holds."""
+    import torch
+
+    from agents.base import set_global_seed
+    from experiments.benchmark import auto_threads
+
+    started = time.perf_counter()
+    if config.prm_aggregation not in ("min", "last"):
+        raise ValueError("prm_aggregation must be 'min' or 'last'")
+    if config.threads is None:
+        config.threads = auto_threads()
+    torch.set_num_threads(config.threads)
+    set_global_seed(config.seed)
+    out = Path(config.out)
+    cache = StageCache(out / "stages", fresh=config.fresh)
+    stages: dict[str, StageResult] = {}
+    engine_box: dict[str, Any] = {}
+
+    def engine() -> Any:  # built once, only when a stage has to run
+        if "engine" not in engine_box:
+            from agents.engines import HFEngine
+
+            engine_box["engine"] = HFEngine(policy, dtype=config.dtype, num_threads=config.threads)
+        return engine_box["engine"]
+
+    def report(stage: StageResult, extra: str = "") -> None:
+        how = "reused" if stage.reused else "built"
+        print(f"[{stage.name}] {how} {stage.folder} ({stage.seconds:.0f} s to build){extra}", flush=True)
+
+    # 1. the policy
+    env_part = {
+        "env": config.env,
+        "env_kwargs": config.env_kwargs,
+        "data": path_fingerprint(config.data) if config.data else "",
+    }
+    if config.sft_steps > 0:
+        sft_config = {
+            **env_part,
+            "model": path_fingerprint(config.model),
+            "levels": list(config.sft_levels),
+            "steps": config.sft_steps,
+            "batch_size": config.sft_batch_size,
+            "learning_rate": config.sft_learning_rate,
+            "seed": config.seed,
+        }
+        stages["policy"] = cache.run("policy", sft_config, [], lambda folder: build_policy(config, folder))
+        report(stages["policy"])
+        policy, policy_key = policy_path(config, stages["policy"]), stages["policy"].key
+    else:
+        policy, policy_key = config.model, path_fingerprint(config.model)
+        print(f"[policy] {policy} as it is (--sft-steps 0)", flush=True)
+
+    # 2. Monte-Carlo labels
+    label_config = {**env_part, **asdict(collect_config(config, "", "")), "model": "", "out": ""}
+    stages["labels"] = cache.run(
+        "labels", label_config, [policy_key], lambda folder: build_labels(config, folder, engine(), policy)
+    )
+    labels = stages["labels"]
+    report(
+        labels,
+        f": {labels.summary['solutions']} solutions, sample accuracy {labels.summary['sample_accuracy']:.3f}, "
+        f"{labels.summary['positive_step_fraction_hard']:.2f} positive steps",
+    )
+
+    # 3. the PRM
+    prm_config = {
+        k: v
+        for k, v in asdict(prm_train_config(config, "", "", Path())).items()
+        if k not in ("model", "data", "logdir", "out")
+    }
+    stages["prm"] = cache.run(
+        "prm",
+        prm_config,
+        [policy_key, labels.key],
+        lambda folder: build_prm(config, folder, policy, str(labels.folder / "math_shepherd.jsonl")),
+    )
+    prm_stage = stages["prm"]
+    auc = prm_stage.summary.get("auc")
+    report(
+        prm_stage,
+        f": held-out step AUC {auc:.3f} (untrained {prm_stage.summary.get('auc_before', float('nan')):.3f}) "
+        f"on {prm_stage.summary.get('eval_steps', 0):.0f} steps of held-out training questions",
+    )
+
+    # 4. search on held-out problem sets
+    search_config = {
+        k: v
+        for k, v in asdict(config).items()
+        if k
+        in (
+            "levels",
+            "prm_aggregation",
+            "budgets",
+            "problem_sets",
+            "problems_per_set",
+            "test_seed",
+            "temperature",
+            "max_steps",
+            "max_new_tokens",
+            "dtype",
+            "seed",
+        )
+    }
+    exclude = set(json.loads((labels.folder / "problem_ids.json").read_text()))
+
+    def build(folder: Path) -> dict[str, Any]:
+        from rewards.prm import load_prm
+
+        prm = load_prm(
+            prm_stage.folder / prm_stage.summary["model"], dtype=_model_dtype(config), batch_size=32
+        )
+        return build_search(config, folder, engine(), prm, exclude)
+
+    stages["search"] = cache.run("search", {**env_part, **search_config}, [policy_key, prm_stage.key], build)
+    search = stages["search"]
+    report(search)
+    cells = [json.loads(line) for line in (search.folder / search.summary["cells"]).read_text().splitlines()]
+    return write_report(config, out, cells, stages, time.perf_counter() - started)
+
+
+def write_report(
+    config: MainJobConfig, out: Path, cells: list[dict[str, Any]], stages: dict[str, StageResult], wall: float
+) -> dict[str, Any]:
+    import torch
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    rows = method_rows(cells, config)
+    gaps = equal_compute_gaps(rows)
+    auc = stages["prm"].summary.get("auc") if "prm" in stages else None
+    result_verdict = verdict(rows, gaps, auc)
+    search = stages["search"]
+    title = (
+        f"{config.env} levels {list(config.levels)} | {Path(config.model).name} + SFT {config.sft_steps} steps | "
+        f"PRM AUC {auc:.2f} | {config.problem_sets} sets x {config.problems_per_set} problems"
+    )
+    png = plot(rows, out / "accuracy_vs_compute.png", title)
+    write_tensorboard(out / "tensorboard", rows, stages)
+    summary = {
+        "config": asdict(config),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "dtype": str(_model_dtype(config)),
+        "stages": {
+            name: {
+                "key": s.key,
+                "folder": str(s.folder),
+                "reused": s.reused,
+                "build_seconds": s.seconds,
+                "summary": s.summary,
+            }
+            for name, s in stages.items()
+        },
+        "held_out_sets": search.summary["sets"],
+        "rows": rows,
+        "equal_compute_gaps": gaps,
+        "verdict": result_verdict,
+        "wall_seconds": wall,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    console.print(_table(rows))
+    print("PRM-guided accuracy minus majority vote's at the same compute (mean over sets, min..max):")
+    for gap in gaps:
+        note = " (beyond majority's largest budget)" if gap["beyond_majority_range"] else ""
+        print(
+            f"  {gap['method']:16s} budget {gap['budget']:>2d}: {gap['gap']:+.3f} ({gap['gap_min']:+.3f}..{gap['gap_max']:+.3f}){note}"
+        )
+    v = result_verdict
+    best = v["best_gap"]
+    print(
+        f"verdict: PRM vote / beam beat majority by >= 5 points at equal compute (budget >= 4): "
+        f"{'YES' if v['beats_majority_by_5_points'] else 'NO'}"
+        + (f" (best {best['method']} at budget {best['budget']}: {best['gap']:+.3f})" if best else "")
+    )
+    print(f"  accuracy rises with compute: {v['accuracy_rises_with_compute']}")
+    print(
+        f"  why: PRM held-out step AUC {auc:.3f}; greedy {v['greedy_accuracy']:.3f}; majority vote per budget "
+        + ", ".join(f"{b}: {a:.3f}" for b, a in v["majority_accuracy_per_budget"].items())
+        + "; pass@k (best-of-N) per budget "
+        + ", ".join(f"{b}: {a:.3f}" for b, a in v["pass_at_k_per_budget"].items())
+    )
+    print(
+        f"results: {out / 'results.json'}\nplot: {png}\ntensorboard: tensorboard --logdir {out / 'tensorboard'}"
+    )
+    print(
+        f"wall time {wall:.0f} s; stage build times: "
+        + ", ".join(f"{n} {s.seconds:.0f} s{' (reused)' if s.reused else ''}" for n, s in stages.items())
+    )
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    import tyro
+
+    config = tyro.cli(MainJobConfig, args=argv, description=__doc__.split("\n\n")[0])
+    return run_pipeline(config)
+
+
+if __name__ == "__main__":
+    main()
