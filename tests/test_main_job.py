@@ -184,7 +184,7 @@ def test_main_job_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert methods == {"greedy", "majority_vote", "prm_vote", "prm_best_of_n", "prm_beam_search", "mcts"}
     assert all(len(r["accuracy_per_set"]) == 2 for r in first["rows"])
     saved = json.loads((tmp_path / "job" / "results.json").read_text())
-    assert saved["verdict"]["prm_auc"] == first["stages"]["prm"]["summary"]["auc"] or saved["verdict"]["prm_auc"] != saved["verdict"]["prm_auc"]
+    assert set(saved["verdict"]) >= {"beats_majority_by_5_points", "prm_auc", "pass_at_k_per_budget"}
     assert (tmp_path / "job" / "accuracy_vs_compute.png").stat().st_size > 1000
     assert list((tmp_path / "job" / "tensorboard").glob("events.out.tfevents.*"))
     assert "test-time scaling at equal compute" in capsys.readouterr().out
