@@ -125,6 +125,25 @@ def test_ledgers_count_generated_prompt_and_prm_read_tokens(tiny):
     assert all(r["prm_tokens"] == 0 for r in plain.solve_many(env, problems))
 
 
+def test_identical_candidates_are_scored_once_and_charged_once(tiny):
+    import gymnasium as gym
+
+    import agents
+    import reasoning_gym  # noqa: F401
+    from agents.engines import HFEngine
+    from rewards.prm import CausalLMWithValueHead, ValueHeadPRM
+
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer)
+    prm = CountingPRM(ValueHeadPRM(CausalLMWithValueHead(model), tokenizer))
+    env = gym.make("openr/Arithmetic-v0", level=2)
+    agent = agents.BestOfN(engine, env, prm=prm, n=3, max_steps=1, max_new_tokens=4, temperature=0.0)
+    [result] = agent.solve_many(env, [{"problem_id": "L2-1"}])
+    assert len(set(map(tuple, result["candidate_scores"]))) == 1  # three greedy samples: one text
+    single = len(prm.prm.encode(env.unwrapped.problem.question, [result["steps"][0]])[0])
+    assert result["prm_tokens"] == prm.read == single
+
+
 def test_methods_reselect_the_same_samples_and_gaps_compare_at_equal_compute():
     from experiments.main_job import MainJobConfig, equal_compute_gaps, method_rows
 

@@ -39,24 +39,31 @@ class PRMValue:
         self.prm = prm
 
     def evaluate(self, nodes: Sequence[Node], ledgers: Sequence[Ledger]) -> None:
-        todo = [node for node in nodes if node.steps]
+        """Score every node with steps in ONE call; identical candidates (same problem text and steps, e.g. repeated
+        best-of-N samples) are scored once and share the scores."""
         for node in nodes:
             if not node.steps:
                 node.value, node.step_scores = 0.5, []
-        if not todo:
+        groups: dict[tuple[str, tuple[str, ...]], list[Node]] = {}
+        for node in nodes:
+            if node.steps:
+                groups.setdefault((str(node.info.get("problem", "")), tuple(node.steps)), []).append(node)
+        if not groups:
             return
-        scores = self.prm.score([str(n.info.get("problem", "")) for n in todo], [n.steps for n in todo])
-        if len(scores) != len(todo):
-            raise ValueError(f"PRM returned {len(scores)} score lists for {len(todo)} candidates")
-        for problem in {node.problem for node in todo}:
+        keys = list(groups)
+        scores = self.prm.score([question for question, _ in keys], [list(steps) for _, steps in keys])
+        if len(scores) != len(keys):
+            raise ValueError(f"PRM returned {len(scores)} score lists for {len(keys)} candidates")
+        for problem in {node.problem for members in groups.values() for node in members}:
             ledgers[problem].prm_calls += 1
         read = getattr(self.prm, "last_read_tokens", None)  # set by rewards.prm's models on every score call
-        if isinstance(read, list) and len(read) == len(todo):
-            for node, tokens in zip(todo, read):
-                ledgers[node.problem].prm_tokens += int(tokens)
-        for node, step_scores in zip(todo, scores):
-            node.step_scores = [float(s) for s in step_scores]
-            node.value = node.step_scores[-1] if node.step_scores else 0.0
+        if isinstance(read, list) and len(read) == len(keys):
+            for key, tokens in zip(keys, read):
+                ledgers[groups[key][0].problem].prm_tokens += int(tokens)
+        for key, step_scores in zip(keys, scores):
+            for node in groups[key]:
+                node.step_scores = [float(s) for s in step_scores]
+                node.value = node.step_scores[-1] if node.step_scores else 0.0
 
 
 class LikelihoodValue:
