@@ -725,8 +725,9 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
 def write_report(
     config: MainJobConfig, out: Path, cells: list[dict[str, Any]], stages: dict[str, StageResult], wall: float
 ) -> dict[str, Any]:
-    import torch
     from rich.console import Console
+
+    from agents.engines.hardware import hardware_info
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     rows = method_rows(cells, config)
@@ -742,8 +743,7 @@ def write_report(
     write_tensorboard(out / "tensorboard", rows, stages)
     summary = {
         "config": asdict(config),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "dtype": str(_model_dtype(config)),
+        "hardware": hardware_info(search_dtype=_model_dtype(config)),
         "stages": {
             name: {
                 "key": s.key,

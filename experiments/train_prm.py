@@ -54,7 +54,8 @@ class TrainConfig:
     batch_size: int = 8
     max_length: int = 512
     bf16_autocast: bool = True
-    """Mixed precision on CPU/GPU (weights and optimizer stay fp32)."""
+    """bf16 autocast where the device runs bf16 natively (``agents.engines.hardware``; on an AVX2 CPU it would be
+    ~30x slower, so fp32 there); weights and optimizer stay fp32."""
     trainable_layers: int = 0
     """Train only the last k transformer layers and the final norm (0: the whole model). The candidate rows of the
     LM head stay as they are; backward then stops k layers down, which is what makes CPU runs fast."""
@@ -210,7 +211,9 @@ def train(
         print(f"[eval] step {step} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
-    autocast_dtype = torch.bfloat16 if config.bf16_autocast else None
+    from agents.engines.hardware import autocast_dtype as hardware_autocast_dtype
+
+    autocast_dtype = hardware_autocast_dtype("auto" if config.bf16_autocast else "off", device)
     before = log_eval(0, 0) if config.eval_at == "epochs" else {}
     rng = random.Random(config.seed)
     step = 0
