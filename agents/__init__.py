@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
     "GRPO": "agents.rl.grpo:GRPO",
     "PPO": "agents.rl.ppo:PPO",
     "SFT": "agents.rl.sft:SFT",
+    "OREO": "agents.rl.oreo:OREO",
 }
 
 __all__ = sorted(_LAZY)

@@ -17,6 +17,8 @@ _LAZY: dict[str, str] = {
     "SFTConfig": "agents.rl.sft:SFTConfig",
     "SFTExample": "agents.rl.sft:SFTExample",
     "TrainConfig": "agents.rl.trainer:TrainConfig",
+    "OREO": "agents.rl.oreo:OREO",
+    "OREOConfig": "agents.rl.oreo:OREOConfig",
     "BaseCallback": "agents.rl.callbacks:BaseCallback",
     "CheckpointCallback": "agents.rl.callbacks:CheckpointCallback",
     "EvalCallback": "agents.rl.callbacks:EvalCallback",

@@ -82,5 +82,8 @@ def _mean_prob(logprob: float, num_tokens: int) -> float:
 
 
 def make_value(prm: Any = None) -> NodeValue:
-    """``PRMValue(prm)`` when a PRM is given, else ``LikelihoodValue()``."""
+    """``PRMValue(prm)`` when a PRM is given, else ``LikelihoodValue()``; a scorer that evaluates nodes itself
+    (OREO's value model reads each node's own prompt, game observations included) is used as it is."""
+    if prm is not None and callable(getattr(prm, "evaluate", None)):
+        return prm
     return PRMValue(prm) if prm is not None else LikelihoodValue()
