@@ -36,7 +36,12 @@ def toy_data() -> list[OREOTrajectory]:
 
 def toy_agent(engine: HFEngine | None = None, **overrides) -> OREO:
     settings = dict(
-        batch_size=16, micro_batch_size=8, learning_rate=1e-3, value_learning_rate=1e-3, beta=0.1, bf16=False
+        batch_size=16,
+        micro_batch_size=8,
+        learning_rate=1e-3,
+        value_learning_rate=1e-3,
+        beta=0.1,
+        autocast="off",
     )
     settings.update(overrides)
     return OREO(engine or tiny_engine(), DIGITS_ID, OREOConfig(verbose=0, **settings))
@@ -213,7 +218,7 @@ def test_value_scorer_guides_beam_search():
 
     engine = tiny_engine()
     agent = OREO(
-        engine, "openr/Arithmetic-v0", OREOConfig(bf16=False, verbose=0, max_new_tokens=8), env_kwargs={}
+        engine, "openr/Arithmetic-v0", OREOConfig(autocast="off", verbose=0, max_new_tokens=8), env_kwargs={}
     )
     scorer = agent.value_scorer()
     scores = scorer.score(["1+1?", "2+2?"], [["a", "b"], ["c"]])
@@ -239,7 +244,7 @@ def test_value_guided_turns_on_real_alfworld(data_dir):
         pytest.skip(f"{folder} not found")
     env = gym.make("openr/ALFWorld-v0", game_files=[folder])
     try:
-        agent = OREO(tiny_engine(), env, OREOConfig(bf16=False, verbose=0, max_new_tokens=6))
+        agent = OREO(tiny_engine(), env, OREOConfig(autocast="off", verbose=0, max_new_tokens=6))
         search = agent.search_agent(beam_width=1, num_expansions=3, max_steps=2)
         result = search.solve(env, seed=0)
         assert 1 <= len(result["steps"]) <= 2 and search.prm.tokens_read > 0
