@@ -9,23 +9,24 @@ With no arguments it runs offline on ``openr/Arithmetic-v0`` with SmolLM2-135M-I
 the policy's own step likelihood); with ``--prm PATH`` they are PRM-guided and PRM-selected.
 
     python -m experiments.benchmark
-    python -m experiments.benchmark --env openr/MATH-v0 --num-problems 50 --prm runs/prm/final --budgets 1,4,16
+    python -m experiments.benchmark --env openr/MATH-v0 --num-problems 50 --prm runs/prm/final --budgets 1 4 16
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["AGENTS", "draw_problems", "main", "parse_args", "run_agent", "summarize"]
+import tyro
+
+__all__ = ["AGENTS", "BenchmarkConfig", "draw_problems", "main", "parse_args", "run_agent", "summarize"]
 
 # agent key -> (class name in ``agents``, budget -> config overrides). Greedy has no budget: it runs once.
 AGENTS: dict[str, tuple[str, Callable[[int], dict[str, Any]] | None]] = {
@@ -36,63 +37,62 @@ AGENTS: dict[str, tuple[str, Callable[[int], dict[str, Any]] | None]] = {
 }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--env", default="openr/Arithmetic-v0", help="registered env id")
-    parser.add_argument(
-        "--env-kwargs", default="{}", help="JSON keyword arguments for gym.make, e.g. '{\"level\": 2}'"
-    )
-    parser.add_argument("--data", default=None, help="data path for MATH / GSM8K (env argument data_path)")
-    parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="policy: name, HF id or local folder"
-    )
-    parser.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="generation backend")
-    parser.add_argument("--dtype", default="bfloat16", help="model dtype (hf engine)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads for the hf engine; default: 1 when the machine is busy (load average >= cores), "
-        "else all cores (a busy 2-core machine ran 20x faster with 1 thread than with 2)",
-    )
-    parser.add_argument("--instruction", default=None, help="replace the env's instruction (env argument)")
-    parser.add_argument(
-        "--prm", default=None, help="folder of a trained PRM (rewards.prm.load_prm); default: none"
-    )
-    parser.add_argument(
-        "--agents",
-        default="greedy,best_of_n,beam_search,mcts",
-        help=f"comma-separated subset of {sorted(AGENTS)}",
-    )
-    parser.add_argument(
-        "--budgets", default="1,2,4", help="budget levels: N for best-of-N, beam width, MCTS sims/2"
-    )
-    parser.add_argument("--num-problems", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0, help="drives problem choice and sampling")
-    parser.add_argument("--max-steps", type=int, default=3, help="reasoning steps per episode")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per step")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--selection", default="auto", help="answer-selection rule (agents.search.selection)")
-    parser.add_argument("--batch-problems", type=int, default=8, help="problems searched together")
-    parser.add_argument("--out", default=None, help="output folder (default runs/benchmark/<env>-<time>)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = parser.parse_args(argv)
-    unknown = [a for a in _split(args.agents) if a not in AGENTS]
-    if unknown:
-        parser.error(f"unknown agents {unknown}; choose from {sorted(AGENTS)}")
-    if args.num_problems < 1 or any(b < 1 for b in _budgets(args.budgets)):
-        parser.error("--num-problems and every budget must be >= 1")
-    return args
+AgentName = Literal["greedy", "best_of_n", "beam_search", "mcts"]
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+@dataclass
+class BenchmarkConfig:
+    """Test-time scaling benchmark: search agents x compute budgets on one environment."""
+
+    env: str = "openr/Arithmetic-v0"
+    """Registered env id."""
+    env_kwargs: str = "{}"
+    """JSON keyword arguments for gym.make, e.g. '{"level": 2}'."""
+    data: str | None = None
+    """Data path for MATH / GSM8K (env argument data_path)."""
+    model: str = "smollm2-135m-instruct"
+    """Policy: name, HF id or local folder."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation backend."""
+    dtype: str = "auto"
+    """Model dtype (hf engine): auto (bf16 where the device runs it natively, else fp32), bfloat16, float32."""
+    threads: int | None = None
+    """Torch threads for the hf engine; default: 1 when the machine is busy (load average >= cores), else all
+    cores (a busy 2-core machine ran 20x faster with 1 thread than with 2)."""
+    instruction: str | None = None
+    """Replace the env's instruction (env argument)."""
+    prm: str | None = None
+    """Folder of a trained PRM (rewards.prm.load_prm); default: none."""
+    agents: tuple[AgentName, ...] = ("greedy", "best_of_n", "beam_search", "mcts")
+    """Agents to run."""
+    budgets: tuple[int, ...] = (1, 2, 4)
+    """Budget levels: N for best-of-N, beam width, MCTS simulations / 2."""
+    num_problems: int = 12
+    """Problems, drawn by the env's RNG from --seed."""
+    seed: int = 0
+    """Drives problem choice and sampling."""
+    max_steps: int = 3
+    """Reasoning steps per episode."""
+    max_new_tokens: int = 48
+    """Tokens per step."""
+    temperature: float = 0.7
+    """Sampling temperature of the steps."""
+    selection: str = "auto"
+    """Answer-selection rule (agents.search.selection)."""
+    batch_problems: int = 8
+    """Problems searched together."""
+    out: str | None = None
+    """Output folder (default runs/benchmark/<env>-<time>)."""
+    progress: bool = True
+    """Show progress bars (--no-progress hides them)."""
 
 
-def _budgets(text: str) -> list[int]:
-    return [int(part) for part in _split(text)]
+def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
+    """The benchmark's config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    config = tyro.cli(BenchmarkConfig, args=argv, description=__doc__)
+    if config.num_problems < 1 or any(b < 1 for b in config.budgets):
+        raise SystemExit("--num-problems and every budget must be >= 1")
+    return config
 
 
 def draw_problems(env: Any, num_problems: int, seed: int) -> list[dict[str, str]]:
@@ -111,12 +111,20 @@ def draw_problems(env: Any, num_problems: int, seed: int) -> list[dict[str, str]
     return problems
 
 
-def build_engine(args: argparse.Namespace) -> Any:
+def build_engine(args: BenchmarkConfig) -> Any:
     from agents import engines
 
     if args.engine == "vllm":
-        return engines.VLLMEngine(args.model, seed=args.seed)
+        return engines.VLLMEngine(args.model, dtype=args.dtype, seed=args.seed)
     return engines.HFEngine(args.model, dtype=args.dtype, num_threads=args.threads)
+
+
+def _engine_dtype(engine: Any) -> Any:
+    """The dtype the engine computes in (HF: its model's; vLLM: the dtype it was started with)."""
+    model = getattr(engine, "model", None)
+    if model is not None and hasattr(model, "parameters"):
+        return next(model.parameters()).dtype
+    return getattr(engine, "dtype", None)
 
 
 def auto_threads() -> int:
@@ -224,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import agents
     import reasoning_gym  # noqa: F401  (registers openr/*)
     from agents.base import set_global_seed
+    from agents.engines.hardware import hardware_info
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep the table's full width
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -252,18 +261,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"[bold]engine[/] {args.engine}:{args.model} ({args.threads} threads) and PRM {args.prm} ready in {time.perf_counter() - started:.1f} s"
     )
 
-    runs = [
-        (key, None) if AGENTS[key][1] is None else (key, b)
-        for key in _split(args.agents)
-        for b in _budgets(args.budgets)
-    ]
+    runs = [(key, None) if AGENTS[key][1] is None else (key, b) for key in args.agents for b in args.budgets]
     runs = list(dict.fromkeys(runs))  # greedy once
     rows, records = [], []
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     total = len(runs) * len(problems)
-    with tqdm(total=total, desc="problems", disable=args.no_progress, unit="prob") as progress:
+    with tqdm(total=total, desc="problems", disable=not args.progress, unit="prob") as progress:
         for key, budget in runs:
             class_name, overrides = AGENTS[key]
             config = overrides(budget) if overrides else {}
@@ -312,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     writer.close()
 
     summary = {
-        "args": vars(args),
+        "args": asdict(args),
+        "hardware": hardware_info(model_dtype=_engine_dtype(engine)),
         "problems": [p["problem_id"] for p in problems],
         "rows": rows,
         "per_problem": records,

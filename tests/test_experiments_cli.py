@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 # script module -> its config class (one per script; names are unique across scripts)
 SCRIPTS = {
     "experiments.train": "TrainScriptConfig",
+    "experiments.benchmark": "BenchmarkConfig",
 }
 
 
@@ -43,6 +44,12 @@ def test_config_class_names_are_unique():
     from agents.rl.trainer import TrainConfig
 
     assert TrainConfig.__name__ not in names
+
+
+@pytest.mark.parametrize("module_name", sorted(SCRIPTS))
+def test_no_arguments_gives_the_config_defaults(module_name):
+    module = importlib.import_module(module_name)
+    assert module.parse_args([]) == _config_class(module_name)()
 
 
 def test_train_agent_is_a_subcommand_with_its_config_as_flags():

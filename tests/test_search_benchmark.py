@@ -27,7 +27,7 @@ def test_benchmark_writes_table_json_tensorboard_and_plot(tiny_folder, tmp_path,
     try:
         summary = main(
             [
-                "--model", str(tiny_folder), "--dtype", "float32", "--num-problems", "2", "--budgets", "1,2",
+                "--model", str(tiny_folder), "--dtype", "float32", "--num-problems", "2", "--budgets", "1", "2",
                 "--max-steps", "1", "--max-new-tokens", "2", "--out", str(out), "--no-progress", "--threads", "1",
             ]
         )  # fmt: skip
@@ -76,6 +76,6 @@ def test_summarize_and_argument_checks():
     assert row["prompt_reuse_ratio"] == 0.5 and row["seconds_per_problem"] == 2.0
     assert row["ideal_reuse_ratio"] == 0.4
     with pytest.raises(SystemExit):
-        parse_args(["--agents", "greedy,nope"])
+        parse_args(["--agents", "greedy", "nope"])
     with pytest.raises(SystemExit):
         parse_args(["--budgets", "0"])
