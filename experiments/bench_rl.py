@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--impl",
-        choices=["openr", "openr_all", "trl", "both"],
+        choices=["openr", "openr_all", "trl", "both", "oreo"],
         default="both",
         help='"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL)',
     )
@@ -299,6 +299,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="write the JSON report here")
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.impl == "oreo":  # one OREO update vs one SFT update on the same batch (experiments/bench_oreo.py)
+        from experiments.bench_oreo import main as bench_oreo
+
+        batch = ["--trajectories", str(args.prompts * args.generations), "--updates", str(args.steps)]
+        return bench_oreo(
+            [*batch, "--threads", str(args.threads), *(["--out", args.out] if args.out else [])]
+        )
 
     if args.child_out:
         _prefer_as_oom_victim()

@@ -1,6 +1,6 @@
 """Train (or just evaluate) an RL / SFT agent on an ``openr/*`` environment, with held-out evaluation and curves.
 
-The agent is a subcommand (``grpo``, the default, ``ppo``, ``sft``) and every field of its config dataclass is a flag
+The agent is a subcommand (``grpo``, the default, ``ppo``, ``sft``, ``oreo``) and every field of its config dataclass is a flag
 (``--group-size 8``, ``--learning-rate 2e-5``, ``--seed 1``, ``--log-dir runs/x``); ``--help`` after the subcommand
 lists them with their defaults. Flags of the script and of the agent may come in any order.
 
@@ -12,6 +12,8 @@ Examples::
     # GRPO from the warm-start, evaluated every 5 updates on 64 held-out problems
     python -m experiments.train grpo --env openr/Arithmetic-v0 --env-kwargs '{"levels": [1, 2]}' \\
         --init runs/sft/agent --steps 20 --eval-every 5 --group-size 8 --log-dir runs/grpo --save runs/grpo/agent
+    # OREO from the warm-start on recorded trajectories (or iterative: --collect-problems 8)
+    python -m experiments.train oreo --init runs/sft/agent --data-files runs/traj.jsonl --steps 20 --log-dir runs/oreo
     # pass@1 / pass@8 per level of a saved policy
     python -m experiments.train --eval-only --init runs/sft/agent --levels 1 2 3 --eval-problems 50 --pass-k 8
 
@@ -32,6 +34,7 @@ from typing import Annotated, Any
 import tyro
 
 from agents.rl.grpo import GRPOConfig
+from agents.rl.oreo import OREOConfig
 from agents.rl.ppo import PPOConfig
 from agents.rl.sft import SFTConfig
 
@@ -43,6 +46,7 @@ AGENTS: dict[type, str] = {
     GRPOConfig: "agents.rl.grpo:GRPO",
     PPOConfig: "agents.rl.ppo:PPO",
     SFTConfig: "agents.rl.sft:SFT",
+    OREOConfig: "agents.rl.oreo:OREO",
 }
 """Agent class (``module:name``) for each config class the command line can build."""
 
@@ -50,6 +54,7 @@ AgentConfigChoice = (
     Annotated[GRPOConfig, tyro.conf.subcommand("grpo", default=GRPOConfig())]
     | Annotated[PPOConfig, tyro.conf.subcommand("ppo", default=PPOConfig())]
     | Annotated[SFTConfig, tyro.conf.subcommand("sft", default=SFTConfig())]
+    | Annotated[OREOConfig, tyro.conf.subcommand("oreo", default=OREOConfig())]
 )
 
 

@@ -258,3 +258,12 @@ def test_value_guided_turns_on_real_alfworld(data_dir):
         assert len(rows) == 2 and all(sum(r.state) == 1 and all(r.action) for r in rows)
     finally:
         env.close()
+
+
+def test_train_script_has_an_oreo_subcommand():
+    from experiments.train import AGENTS, parse_args
+
+    config = parse_args(["oreo", "--data-files", "a.jsonl", "--beta", "0.1", "--value-model", "shared"])
+    assert isinstance(config.agent, OREOConfig) and AGENTS[OREOConfig] == "agents.rl.oreo:OREO"
+    assert config.agent.data_files == ("a.jsonl",) and config.agent.beta == 0.1
+    assert config.agent.kl_weight == 0.1  # step level's alpha by default

@@ -64,6 +64,8 @@ class OREOConfig(TrainConfig):
     """Value-model AdamW learning rate (released scripts: 5e-6)."""
     batch_size: int = 16
     """Trajectories per update (drawn from the data with the agent's seeded RNG)."""
+    data_files: tuple[str, ...] = ()
+    """Offline data read by ``learn`` when the pool is empty: JSONL files of recorder records or OREO rows."""
     reward_key: str = "correct"
     """R for recorder records: ``"correct"`` (1 / 0, the paper's rewards) or ``"return"`` (the env's sum)."""
     cache_reference: bool = True
@@ -370,9 +372,11 @@ class OREO(TrainableAgent):
     ) -> OREO:
         """``total_steps`` OREO updates of ``batch_size`` trajectories each, from ``data`` (added to the pool) and,
         in iterative mode, from trajectories the agent collects from its current policy."""
+        config = self.config
         if data is not None:
             self.add_data(data)
-        config = self.config
+        elif not self.pool and config.data_files:
+            self.add_data(list(config.data_files))
         if not self.pool and config.collect_problems <= 0:
             raise ValueError("OREO.learn needs data (a JSONL path or trajectories) or collect_problems > 0")
         self.model.train()
