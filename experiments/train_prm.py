@@ -20,7 +20,6 @@ Example (the run in docs/rewards.md)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,44 +27,63 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["TrainConfig", "binary_auc", "evaluate", "main", "train"]
+import tyro
+
+from agents.engines.hardware import AutocastSetting, hardware_info
+from agents.engines.hardware import autocast_dtype as hardware_autocast_dtype
+
+__all__ = ["PRMTrainConfig", "binary_auc", "evaluate", "main", "train"]
 
 
 @dataclass
-class TrainConfig:
+class PRMTrainConfig:
+    """Fine-tune a causal LM into a step-tag process reward model."""
+
     data: list[str] = field(default_factory=list)
     """Training files (Math-Shepherd, PRM800K or MATH-APS JSONL)."""
     eval_data: list[str] = field(default_factory=list)
     """Held-out files; when empty, ``eval_fraction`` of the training questions are held out."""
     eval_fraction: float = 0.2
+    """Fraction of the training questions held out when ``eval_data`` is empty."""
     data_format: str = "auto"
+    """File format: ``auto`` (detected per file), or one ``rewards.prm.data.read_examples`` knows."""
     model: str = "smollm2-135m-instruct"
     """Starting model (name, HF id or local folder)."""
     format: str = "math-shepherd"
     """Step layout: ``math-shepherd`` or ``math-psa``."""
-    labels: str = "soft"
+    labels: Literal["soft", "hard"] = "soft"
     """``soft`` (train on the label value) or ``hard`` (label > 0 -> 1)."""
     epochs: int = 2
+    """Passes over the training examples."""
     lr: float = 2e-5
+    """AdamW peak learning rate (linear warm-up, then linear decay)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps spent warming up."""
     batch_size: int = 8
+    """Examples per optimizer step."""
     max_length: int = 512
-    bf16_autocast: bool = True
-    """bf16 autocast where the device runs bf16 natively (``agents.engines.hardware``; on an AVX2 CPU it would be
-    ~30x slower, so fp32 there); weights and optimizer stay fp32."""
+    """Tokens kept per example (longer ones are cut; cut-off tags are not trained on)."""
+    autocast: AutocastSetting = "auto"
+    """Mixed precision, as the RL trainers do: ``auto`` = bf16 autocast where the device runs bf16 natively
+    (``agents.engines.hardware``; on an AVX2 CPU it would be ~30x slower, so fp32 there), ``bf16``, ``off``;
+    weights and optimizer stay fp32."""
     trainable_layers: int = 0
     """Train only the last k transformer layers and the final norm (0: the whole model). The candidate rows of the
     LM head stay as they are; backward then stops k layers down, which is what makes CPU runs fast."""
     max_train_examples: int = 0
     """Cap on training examples (0: all)."""
-    eval_at: str = "epochs"
+    eval_at: Literal["epochs", "end", "none"] = "epochs"
     """When to evaluate on the held-out data: ``epochs`` (before training and after each epoch), ``end`` or ``none``."""
     logdir: str = "runs/prm/tb"
+    """TensorBoard folder."""
     out: str = "runs/prm/model"
+    """Folder of the trained PRM (model, tokenizer, ``prm_config.json``, ``metrics.json``)."""
     seed: int = 0
+    """Seeds the held-out split, batch order and torch."""
 
 
 def binary_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
@@ -150,7 +168,7 @@ def _select_trainable(model: Any, last_layers: int) -> list[Any]:
 
 
 def train(
-    config: TrainConfig, model: Any = None, tokenizer: Any = None, progress: bool = True
+    config: PRMTrainConfig, model: Any = None, tokenizer: Any = None, progress: bool = True
 ) -> dict[str, Any]:
     """Train and save the PRM; returns the metrics (also written to ``<out>/metrics.json``)."""
     import torch
@@ -211,9 +229,7 @@ def train(
         print(f"[eval] step {step} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
-    from agents.engines.hardware import autocast_dtype as hardware_autocast_dtype
-
-    autocast_dtype = hardware_autocast_dtype("auto" if config.bf16_autocast else "off", device)
+    autocast_dtype = hardware_autocast_dtype(config.autocast, device)
     before = log_eval(0, 0) if config.eval_at == "epochs" else {}
     rng = random.Random(config.seed)
     step = 0
@@ -279,28 +295,19 @@ def train(
         "history": history,
         "optimizer_steps": step,
         "seconds": time.time() - start_time,
+        "hardware": hardware_info(model_dtype=next(model.parameters()).dtype, autocast=autocast_dtype),
     }
     with open(os.path.join(config.out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name, value in asdict(TrainConfig()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, list):
-            parser.add_argument(flag, nargs="+", default=value, required=name == "data")
-        elif isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
-    args = parser.parse_args(argv)
-    if args.labels not in ("soft", "hard"):
-        parser.error("--labels must be soft or hard")
-    if args.eval_at not in ("epochs", "end", "none"):
-        parser.error("--eval-at must be epochs, end or none")
-    return TrainConfig(**vars(args))
+def parse_args(argv: Sequence[str] | None = None) -> PRMTrainConfig:
+    """The config from the command line: every field of ``PRMTrainConfig`` is a flag (``argv``: sys.argv[1:])."""
+    config = tyro.cli(PRMTrainConfig, args=argv, description=__doc__)
+    if not config.data:
+        raise SystemExit("--data is required: one or more training files")
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

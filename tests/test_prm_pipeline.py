@@ -93,14 +93,14 @@ def test_train_prm_learns_a_step_rule_and_reloads(tmp_path):
     model, tokenizer = tiny_model(seed=0, tokenizer=byte_level_tokenizer(), hidden_size=64)
     _synthetic_shepherd(tmp_path / "train.jsonl", 64, seed=0)
     test_rows = _synthetic_shepherd(tmp_path / "test.jsonl", 16, seed=1)
-    config = train_prm.TrainConfig(
+    config = train_prm.PRMTrainConfig(
         data=[str(tmp_path / "train.jsonl")],
         eval_data=[str(tmp_path / "test.jsonl")],
         labels="hard",
         epochs=4,
         lr=3e-3,
         batch_size=8,
-        bf16_autocast=False,
+        autocast="off",
         logdir=str(tmp_path / "tb"),
         out=str(tmp_path / "prm"),
     )

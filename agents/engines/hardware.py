@@ -22,6 +22,7 @@ __all__ = [
     "bf16_is_fast",
     "cpu_capability",
     "device_of",
+    "engine_dtype",
     "hardware_info",
 ]
 
@@ -89,6 +90,14 @@ def device_of(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device("cpu")
+
+
+def engine_dtype(engine: Any) -> torch.dtype | None:
+    """The dtype an engine computes in: its model's (transformers), or the one it was started with (vLLM)."""
+    model = getattr(engine, "model", None)
+    if model is not None and hasattr(model, "parameters"):
+        return next(model.parameters()).dtype
+    return getattr(engine, "dtype", None)
 
 
 def autocast_context(setting: AutocastSetting | bool, device: torch.device | str) -> Any:
