@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,8 +73,9 @@ def server_url(tiny_folder: Path) -> Iterator[str]:
         "--dtype",
         "float32",
     ]
+    limits = ["--max-n", "8", "--max-tokens", "64", "--max-sequences", "32", "--read-timeout", "2"]
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--served-model-name", "tiny"],
+        [*command, "--port", str(port), "--served-model-name", "tiny", *limits],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -245,13 +247,123 @@ def test_garbage_answers_raise_response_errors(reply: bytes, match: str) -> None
         fake.shutdown()
 
 
-def test_slow_server_times_out() -> None:
+def test_slow_server_times_out_and_the_request_is_not_sent_again() -> None:
+    """A read timeout means the server has the request: re-sending would make it compute every copy."""
     fake = FakeServer([(200, CANNED)], delay=2.0)
     try:
-        with pytest.raises(EngineConnectionError, match="2 attempts"):
-            OpenAIEngine(fake.url, "m", timeout=0.3, max_retries=1, backoff=0.01).generate(["hi"])
+        with pytest.raises(EngineConnectionError, match="not re-sent"):
+            OpenAIEngine(fake.url, "m", timeout=0.3, max_retries=3, backoff=0.01).generate(["hi"])
     finally:
         fake.shutdown()
+    assert fake.hits == 1
+
+
+def test_frozen_server_is_reported_within_the_timeout() -> None:
+    fake = FakeServer([(200, CANNED)], delay=20.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(EngineConnectionError, match="timeout=1"):
+            OpenAIEngine(fake.url, "m", timeout=1.0, max_retries=5, backoff=0.01).generate(["hi"])
+    finally:
+        fake.shutdown()
+    assert fake.hits == 1 and time.monotonic() - start < 5  # not 6 timeouts of 1 s and their backoffs
+
+
+def test_server_errors_are_not_retried_but_busy_answers_are() -> None:
+    fake = FakeServer([(500, b"boom"), (200, CANNED)])
+    try:
+        with pytest.raises(EngineResponseError, match="HTTP 500.*not re-sent"):
+            OpenAIEngine(fake.url, "m", max_retries=3, backoff=0.01).generate(["hi"])
+    finally:
+        fake.shutdown()
+    assert fake.hits == 1
+    fake = FakeServer([(429, b"slow down"), (200, CANNED)])
+    try:
+        OpenAIEngine(fake.url, "m", max_retries=3, backoff=0.01).generate(["hi"])
+    finally:
+        fake.shutdown()
+    assert fake.hits == 2
+
+
+def test_nan_temperature_never_leaves_the_client() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        OpenAIEngine("http://127.0.0.1:9", "m").generate(["hi"], temperature=float("nan"))
+
+
+def _post(url: str, body: bytes | dict) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("completions", {"prompt": "word " * 3000, "max_tokens": 4}, 400, "maximum context length is 2048"),
+        ("completions", {"prompt": "hi", "n": 100_000_000}, 400, "'n' must be between 1 and 8"),
+        ("completions", {"prompt": "hi", "max_tokens": 10**9}, 400, "'max_tokens' must be between 0 and 64"),
+        ("completions", {"prompt": ["a"] * 5, "n": 8}, 400, "40 sequences"),
+        ("completions", {"prompt": "hi", "stream": True}, 400, "stream=true is not supported"),
+        ("completions", {"prompt": "hi", "model": "gpt-4"}, 404, "`gpt-4` does not exist; this server serves `tiny`"),
+        ("completions", {"prompt": "hi", "logprobs": 5}, 400, "'logprobs' must be 0 or 1"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}, 400, "top_logprobs"),
+        ("completions", {"prompt": "hi", "temperature": -1}, 400, "'temperature' must be a finite number"),
+        ("completions", {"prompt": "hi", "temperature": "hot"}, 400, "'temperature' must be"),
+        ("completions", b'{"prompt": "hi", "temperature": NaN}', 400, "NaN is not valid JSON"),
+        ("completions", {"prompt": "hi", "top_p": 0}, 400, "'top_p' must be"),
+        ("completions", {"prompt": "hi", "presence_penalty": 1.0}, 400, "'presence_penalty' is not supported"),
+    ],
+    ids=[
+        "context", "n", "max_tokens", "sequences", "stream", "model", "logprobs", "top_logprobs",
+        "negative-temperature", "text-temperature", "nan-temperature", "top_p", "penalty",
+    ],
+)  # fmt: skip
+def test_server_rejects_what_it_cannot_or_must_not_do(
+    server_url: str, path: str, body: bytes | dict, status: int, message: str
+) -> None:
+    if isinstance(body, dict):
+        body = {"model": "tiny", **body}
+    code, text = _post(f"{server_url}/v1/{path}", body)
+    assert code == status, text
+    assert message in json.loads(text)["error"]["message"]
+
+
+def test_body_shorter_than_its_content_length_is_a_400_not_a_hang(server_url: str) -> None:
+    host, port = server_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall((head + "Content-Length: 100\r\n\r\n").encode() + b'{"prompt": "hi"}')
+        answer = sock.recv(65536).decode()  # the server gives up after its --read-timeout (2 s)
+    assert answer.startswith("HTTP/1.1 400") and "shorter than its Content-Length" in answer
+    code, _ = _post(f"{server_url}/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2})
+    assert code == 200  # and the server serves the next client
+
+
+def test_official_openai_client(server_url: str, hf_engine: HFEngine) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    got = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0)
+    want = hf_engine.generate(["Once upon a time"], max_new_tokens=6, temperature=0)[0][0]
+    assert got.choices[0].text == want.text and got.usage.completion_tokens == len(want.token_ids)
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0, logprobs=True
+    )
+    assert len(chat.choices[0].logprobs.content) == chat.usage.completion_tokens
+    with pytest.raises(openai.BadRequestError, match="stream=true is not supported"):
+        client.completions.create(model="tiny", prompt="hi", max_tokens=2, stream=True)
+    with pytest.raises(openai.NotFoundError, match="this server serves `tiny`"):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=2
+        )
 
 
 @pytest.mark.vllm

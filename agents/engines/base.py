@@ -124,7 +124,7 @@ def check_generate_args(
         raise ValueError(
             f"need n >= 1 and max_new_tokens >= {min_new_tokens}, got n={n}, max_new_tokens={max_new_tokens}"
         )
-    if temperature < 0 or not 0 < top_p <= 1:
+    if not 0 <= temperature < float("inf") or not 0 < top_p <= 1:  # NaN fails both comparisons
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if isinstance(prompts, (str, dict)):
         raise TypeError("generate takes a sequence of prompts; wrap a single prompt in a list")

@@ -1,7 +1,10 @@
 """Engine over any OpenAI-compatible HTTP server (vLLM serve, SGLang, LMDeploy, Ollama, ``agents.engines.serve``).
 
 Why stdlib HTTP: the engine must work in a bare install (no ``openai`` / ``httpx`` dependency) and its failure
-modes must be explicit: a server that is down or slow is retried with exponential backoff and then reported as
+modes must be explicit. Only what never reached the server is retried (a refused or failed connection, and 429 /
+503, which say "not now"), with exponential backoff, all within ``timeout`` seconds per request. A request the
+server took but did not answer in time (a read timeout, a dropped connection, a 5xx) is never re-sent: the server
+may still be computing it, and a re-send would make it compute every copy. Those raise
 :class:`EngineConnectionError`; a server that rejects a request raises :class:`EngineRequestError` at once; a
 server that answers something that is not an OpenAI response raises :class:`EngineResponseError`.
 
@@ -12,6 +15,7 @@ re-tokenizing the text; with neither, ``token_ids`` stays empty and log-probs ar
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -26,7 +30,8 @@ from .stopping import earliest_stop, tokens_covering
 
 __all__ = ["EngineConnectionError", "EngineRequestError", "EngineResponseError", "OpenAIEngine"]
 
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_RETRY_STATUS = {429, 503}
+"""Statuses that say the server did not take the request ("too many requests", "unavailable"): safe to re-send."""
 
 
 class EngineConnectionError(ConnectionError):
@@ -39,6 +44,14 @@ class EngineRequestError(ValueError):
 
 class EngineResponseError(RuntimeError):
     """The server answered, but not with a well-formed OpenAI response."""
+
+
+def _retry_after(error: urllib.error.HTTPError, default: float) -> float:
+    """The server's ``Retry-After`` in seconds (capped at 30) when it gives one, else ``default``."""
+    try:
+        return min(30.0, max(0.0, float(error.headers.get("Retry-After", ""))))
+    except (TypeError, ValueError):
+        return default
 
 
 def _token_id(token: str) -> int | None:
@@ -55,8 +68,10 @@ class OpenAIEngine:
             locally (exactly as HF/vLLM engines do) and sent to ``/completions``; token ids are recovered.
         api_key: sent as a bearer token.
         max_concurrency: requests in flight at once (one request per prompt, ``n`` samples each).
-        timeout: seconds per HTTP request; max_retries / backoff: retries on connection errors, timeouts, 429
-            and 5xx, sleeping ``backoff * 2**attempt`` seconds (capped at 30) in between.
+        timeout: seconds per request, retries included: a frozen server is reported after this long.
+        max_retries / backoff: re-sends of a request that did not reach the server (connection refused or failed,
+            HTTP 429 / 503), sleeping ``backoff * 2**attempt`` seconds (capped at 30, or the server's
+            ``Retry-After``) in between; never after a read timeout.
         vllm_extensions: send vLLM's extra fields (token ids in log-probs, continuing an open assistant turn).
     """
 
@@ -97,28 +112,54 @@ class OpenAIEngine:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else json.dumps(body, allow_nan=False).encode()
+        started = time.monotonic()
+        deadline = started + self.timeout
         last_error: Exception | None = None
+        pause = 0.0
+        attempts = 0
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)))
+                if time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            attempts += 1
+            pause = min(30.0, self.backoff * 2**attempt)
             request = urllib.request.Request(
                 url, data=data, headers=headers, method="GET" if data is None else "POST"
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with urllib.request.urlopen(request, timeout=remaining) as response:
                     raw = response.read()
             except urllib.error.HTTPError as error:
                 detail = error.read()[:500].decode(errors="replace")
-                if error.code not in _RETRY_STATUS:
+                if error.code in _RETRY_STATUS:
+                    last_error = error
+                    pause = _retry_after(error, pause)
+                    continue
+                if error.code < 500:
                     raise EngineRequestError(
                         f"{url} rejected the request (HTTP {error.code}): {detail}"
                     ) from error
+                raise EngineResponseError(
+                    f"{url} failed on the request (HTTP {error.code}): {detail}; not re-sent, since the server "
+                    "may have done the work"
+                ) from error
+            except urllib.error.URLError as error:  # connecting or sending failed: the server has not got it
                 last_error = error
                 continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
-                last_error = error
-                continue
+            except (
+                OSError,
+                http.client.HTTPException,
+            ) as error:  # it got the request, the answer did not come
+                raise EngineConnectionError(
+                    f"{url} took the request but gave no answer ({type(error).__name__}: {error}) within "
+                    f"{time.monotonic() - started:.1f} s (timeout={self.timeout:g}); not re-sent, since the "
+                    "server may still be computing it"
+                ) from error
             try:
                 parsed = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -129,7 +170,8 @@ class OpenAIEngine:
                 )
             return parsed
         raise EngineConnectionError(
-            f"no usable answer from {url} after {self.max_retries + 1} attempts (is the server up?): {last_error}"
+            f"no usable answer from {url} after {attempts} attempts in {time.monotonic() - started:.1f} s "
+            f"(is the server up?): {last_error}"
         ) from last_error
 
     def _first_model(self) -> str:
