@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CompletionLike", "LanguageModel", "OutcomeJudger", "Prompt"]
+__all__ = ["CompletionLike", "LanguageModel", "OutcomeJudger", "Prompt", "StepLanguageModel"]
 
 # Plain text, or chat messages [{"role": ..., "content": ...}] (same as agents.engines.base.Prompt).
 Prompt = str | list[dict[str, str]]
@@ -42,6 +42,14 @@ class LanguageModel(Protocol):
     ) -> list[list[CompletionLike]]: ...
 
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class StepLanguageModel(LanguageModel, Protocol):
+    """A ``LanguageModel`` that also renders step prompts, as every ``agents.engines`` engine does (its completions
+    carry ``token_ids``, ``logprobs`` and ``finish_reason``); ``wrappers.CandidateChoice`` proposes steps with it."""
+
+    def step_prompt(self, question: str, steps: Sequence[str], instruction: str = "") -> Prompt: ...
 
 
 @runtime_checkable

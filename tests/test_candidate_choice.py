@@ -1,0 +1,258 @@
+"""``wrappers.CandidateChoice``: both env checkers on the real Arithmetic env with a real (tiny) engine, feature
+semantics on hand-made candidates, the candidate cache, SB3's vector envs and a short PPO run that learns."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import reasoning_gym  # noqa: F401  (registers the ids)
+from agents.engines import Completion
+from reasoning_gym.arithmetic import generate_problem
+from wrappers import CandidateChoice
+from wrappers.candidate_choice import (
+    FEATURES,
+    Candidate,
+    CandidateCache,
+    candidate_features,
+    feature_matrix,
+    state_key,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+COL = {name: i for i, name in enumerate(FEATURES)}
+
+
+def arithmetic(level: int = 2, steps: int = 2) -> gym.Env:
+    return gym.make("openr/Arithmetic-v0", level=level, max_episode_steps=steps)
+
+
+class FakeStepEngine:
+    """A stand-in engine that returns scripted samples (by number of steps so far), so the features can be checked
+    against hand-computed values. The real engine runs in ``test_env_checkers_with_a_real_tiny_engine``."""
+
+    step_delimiter = "\n\n"
+    tokenizer = None
+
+    def __init__(self, script: dict[int, list[str]]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def step_prompt(self, question, steps, instruction=""):
+        return f"{question}|{len(steps)}"
+
+    def generate(self, prompts, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, stop=None, seed=None):
+        self.calls += 1
+        groups = []
+        for prompt in prompts:
+            texts = self.script[int(prompt.rsplit("|", 1)[1])]
+            assert len(texts) == n
+            groups.append(
+                [
+                    Completion(t, token_ids=[1] * 4, logprobs=[-0.1 * (1 + i)] * 4, finish_reason="stop")
+                    for i, t in enumerate(texts)
+                ]
+            )
+        return groups
+
+    def score(self, prompts, continuations):
+        raise AssertionError("not used for sampled candidates")
+
+
+SCRIPT = {
+    0: [
+        "3 + 4 = 7",
+        "3 + 4 = 7",
+        "3 + 4 = 8",
+        "4 + 3 = 7",
+        "3 + 4 = 7",
+        "3 + 4 = 8",
+        "The answer is \\boxed{7}.",
+        "The answer is \\boxed{7}.",
+    ],
+    1: ["The answer is \\boxed{7}."] * 8,
+}
+
+
+def test_features_merge_duplicates_and_measure_agreement():
+    engine = FakeStepEngine(SCRIPT)
+    env = CandidateChoice(arithmetic(), engine, k=8, max_new_tokens=8)
+    observation, info = env.reset(options={"problem_id": "L1-0"})
+    features = feature_matrix(observation)
+    assert observation.shape == (8 * len(FEATURES),) and observation.dtype == np.float32
+    assert env.observation_space.contains(observation)
+    # Four distinct texts, ordered by how many of the 8 samples produced them.
+    assert info["candidates"] == ["3 + 4 = 7", "3 + 4 = 8", "The answer is \\boxed{7}.", "4 + 3 = 7"]
+    np.testing.assert_allclose(features[:, COL["valid"]], [1, 1, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_allclose(features[:4, COL["share"]], [3 / 8, 2 / 8, 2 / 8, 1 / 8])
+    # Results: 7 (last number), 8, 7 (final answer), 7: six of the eight samples say 7.
+    np.testing.assert_allclose(features[:4, COL["agreement"]], [6 / 8, 2 / 8, 6 / 8, 6 / 8])
+    np.testing.assert_allclose(features[:4, COL["has_answer"]], [0, 0, 1, 0])
+    np.testing.assert_allclose(features[:4, COL["mean_logprob"]], [-0.1, -0.3, -0.7, -0.4], rtol=1e-5)
+    np.testing.assert_allclose(features[:4, COL["length"]], [0.5] * 4)
+    assert np.all(features[4:] == 0)  # padding rows
+    assert engine.calls == 1  # one batched call per state
+
+    # A padding slot takes slot 0 and says so; the view steps the real env with the chosen text.
+    observation, reward, terminated, truncated, info = env.step(6)
+    assert info["invalid_choice"] and info["choice"] == "3 + 4 = 7" and info["steps"] == ["3 + 4 = 7"]
+    assert not terminated and reward == 0.0
+    features = feature_matrix(observation)
+    assert features[0, COL["step_index"]] == pytest.approx(0.5)
+    assert info["candidates"] == ["The answer is \\boxed{7}."]
+
+    # L1-0's answer is 6, so the env's own verdict says wrong; the observation after the end is all zeros.
+    observation, reward, terminated, truncated, info = env.step(0)
+    assert terminated and reward == 0.0 and info["is_success"] is False and not observation.any()
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(0)
+    env.reset()
+    with pytest.raises(ValueError, match="slot"):
+        env.step(8)
+
+
+def test_repeat_and_goal_overlap_features():
+    candidates = [Candidate("go to fridge 1", share=0.5), Candidate("look", share=0.5)]
+    features = candidate_features(
+        candidates,
+        k=3,
+        max_new_tokens=8,
+        question="put a potato in fridge.",
+        steps=["look"],
+        step_fraction=0.25,
+    )
+    np.testing.assert_allclose(features[:2, COL["goal_overlap"]], [1 / 4, 0])
+    np.testing.assert_allclose(features[:2, COL["repeat"]], [0, 1])
+    np.testing.assert_allclose(features[:2, COL["step_index"]], [0.25, 0.25])
+    assert features[2].sum() == 0
+
+
+def test_env_checkers_with_a_real_tiny_engine():
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from agents.engines import HFEngine
+    from agents.engines.testing import tiny_model
+
+    model, tokenizer = tiny_model(num_layers=1, hidden_size=64)
+    engine = HFEngine(model, tokenizer, num_threads=1)
+    env = CandidateChoice(arithmetic(), engine, k=2, max_new_tokens=4, temperature=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # gymnasium's "use env.unwrapped" hint: the wrapper is what is checked
+        sb3_check_env(env, warn=True)
+        gym_check_env(env)
+    observation, info = env.reset(seed=3)
+    assert env.observation_space.contains(observation)
+    assert 1 <= len(info["candidates"]) <= 2
+    # Same seed, same state: the same candidates (from the cache the view keeps), so runs are reproducible.
+    again, info_again = env.reset(seed=3)
+    assert info_again["candidates"] == info["candidates"] and np.array_equal(again, observation)
+
+
+def test_cache_round_trip_runs_without_engine(tmp_path):
+    from experiments.collect_candidates import CollectConfig, collect
+
+    engine = FakeStepEngine(SCRIPT)
+    path = tmp_path / "cache.jsonl"
+    config = CollectConfig(problems=3, k=8, max_new_tokens=8, max_episode_steps=2, out=str(path))
+    summary = collect(config, engine, progress=False)
+    # 3 roots, and each root's non-answer children (3 + 4 = 7, 3 + 4 = 8, 4 + 3 = 7) one level down.
+    assert summary["states"] == 3 + 3 * 3 and engine.calls == 2
+
+    cache = CandidateCache.load(path)
+    assert len(cache) == 12 and len(cache.problem_ids()) == 3
+    env = CandidateChoice.from_cache(arithmetic(steps=2), path)
+    assert env.k == 8 and sorted(env.problem_ids) == sorted(cache.problem_ids())
+    for seed in range(6):
+        observation, info = env.reset(seed=seed)
+        assert info["candidates"] == [c.text for c in cache.get(state_key(info))]
+        done = False
+        while not done:
+            observation, _, terminated, truncated, info = env.step(env.action_space.sample())
+            done = terminated or truncated
+    with pytest.raises(KeyError, match="not in the candidate cache"):
+        env.reset(options={"problem_id": "L2-999999"})
+    with pytest.raises(ValueError, match="cache was made with"):
+        CandidateChoice(arithmetic(), None, cache=cache, k=4)
+    with pytest.raises(ValueError, match="engine or a candidate cache"):
+        CandidateChoice(arithmetic(), None)
+
+
+def hand_made_cache(problem_ids: list[str]) -> CandidateCache:
+    """Per problem: a wrong final answer sampled most (slot 0) and the right one less often but more likely."""
+    cache = CandidateCache(
+        {"k": 4, "candidates": "sampled", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}
+    )
+    for problem_id in problem_ids:
+        answer = int(generate_problem(2, int(problem_id.split("-")[1])).answer)
+        wrong = Candidate(
+            f"The answer is \\boxed{{{answer + 1}}}.", share=0.75, mean_logprob=-0.9, num_tokens=6
+        )
+        right = Candidate(f"The answer is \\boxed{{{answer}}}.", share=0.25, mean_logprob=-0.2, num_tokens=6)
+        cache.put((problem_id, ()), [wrong, right])
+    return cache
+
+
+def test_sb3_vector_envs_over_a_cache():
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    cache = hand_made_cache([f"L2-{i}" for i in range(4)])
+
+    def make():
+        return CandidateChoice.from_cache(arithmetic(), cache)
+
+    for vec in (DummyVecEnv([make, make]), SubprocVecEnv([make, make], start_method="fork")):
+        vec.seed(0)
+        observations = vec.reset()
+        assert observations.shape == (2, 4 * len(FEATURES))
+        observations, rewards, dones, infos = vec.step(np.array([1, 0]))
+        assert list(rewards) == [1.0, 0.0] and all(dones)  # one-step episodes: right, then wrong
+        assert infos[0]["is_success"] and not infos[1]["is_success"]
+        assert "terminal_observation" in infos[0]
+        vec.close()
+
+
+def test_ppo_learns_to_pick_the_right_candidate():
+    from stable_baselines3 import PPO
+
+    from experiments.train_sb3 import HAND_RULES, evaluate_selector
+
+    train_ids, test_ids = [f"L2-{i}" for i in range(16)], [f"L2-{i}" for i in range(100, 108)]
+    cache = hand_made_cache(train_ids + test_ids)
+    env = CandidateChoice.from_cache(arithmetic(), cache, problem_ids=train_ids)
+    test_env = CandidateChoice.from_cache(arithmetic(), cache, problem_ids=test_ids)
+    random_rate = evaluate_selector(test_env, test_ids, HAND_RULES["random"], episodes=8)["success"]
+    most_sampled = evaluate_selector(test_env, test_ids, HAND_RULES["most_sampled"])["success"]
+    assert 0.2 < random_rate < 0.8 and most_sampled == 0.0
+    assert evaluate_selector(test_env, test_ids, HAND_RULES["likelihood"])["success"] == 1.0
+    model = PPO("MlpPolicy", env, n_steps=128, batch_size=64, learning_rate=3e-3, seed=0, device="cpu")
+    model.learn(total_timesteps=1024)
+
+    def learned(features, env, rng):
+        return int(model.predict(features.ravel(), deterministic=True)[0])
+
+    assert evaluate_selector(test_env, test_ids, learned)["success"] == 1.0
+
+
+@pytest.mark.alfworld
+def test_admissible_commands_without_engine():
+    pytest.importorskip("alfworld")
+    inner = gym.make(
+        "openr/ALFWorld-v0", num_games=2, task_types=["pick_and_place_simple"], max_episode_steps=4
+    )
+    env = CandidateChoice(inner, None, k=64, candidates="admissible")
+    observation, info = env.reset(seed=0)
+    features = feature_matrix(observation)
+    assert int(features[:, COL["valid"]].sum()) == len(set(info["admissible_commands"]))
+    assert set(info["candidates"]) == set(info["admissible_commands"])
+    np.testing.assert_allclose(features[: len(info["candidates"]), COL["mean_logprob"]], 0.0)
+    slot = info["candidates"].index("look")
+    observation, reward, terminated, truncated, info = env.step(slot)
+    assert info["choice"] == "look" and not info["invalid"]
+    assert feature_matrix(observation)[info["candidates"].index("look"), COL["repeat"]] == 1.0
+    env.close()
