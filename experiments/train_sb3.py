@@ -71,8 +71,12 @@ class TrainSB3Config:
     """``DummyVecEnv`` (one process) or ``SubprocVecEnv`` (one process per env)."""
     random_episodes: int = 10
     """Episodes per held-out problem for the random baseline."""
+    ppo_n_steps: int = 256
+    """PPO: steps per env per update (one update = ``ppo_n_steps * n_envs`` steps, 10 epochs of minibatches of 256)."""
     speed_steps: int = 5_000
     """Env steps (random actions) for the env-speed measurement; 0 skips it."""
+    speed_warmup: int = 500
+    """Untimed env steps before the speed measurement."""
     out_dir: str = "runs/sb3"
     """Where JSON, PNG, SB3 logs and models go."""
     threads: int = 1
@@ -234,15 +238,18 @@ def evaluate_selector(
     }
 
 
-def measure_env_speed(make: Callable[[], Any], steps: int, seed: int = 0) -> float:
-    """Env steps per second of the view under uniformly random valid choices (resets included)."""
+def measure_env_speed(make: Callable[[], Any], steps: int, seed: int = 0, warmup: int = 500) -> float:
+    """Env steps per second of the view under uniformly random valid choices (resets included), after ``warmup``
+    untimed steps (the first judgements start the math-verify worker, about a second once per process)."""
+    from wrappers.candidate_choice import feature_matrix
+
     env = make()
     rng = np.random.default_rng(seed)
     observation, _ = env.reset(seed=seed)
     started = time.perf_counter()
-    from wrappers.candidate_choice import feature_matrix
-
-    for _ in range(steps):
+    for index in range(warmup + steps):
+        if index == warmup:
+            started = time.perf_counter()
         observation, _, terminated, truncated, _ = env.step(_random(feature_matrix(observation), env, rng))
         if terminated or truncated:
             observation, _ = env.reset()
@@ -259,7 +266,16 @@ def make_model(config: TrainSB3Config, env: Any, seed: int, log_dir: Path) -> An
 
     common = {"seed": seed, "verbose": 0, "device": "cpu", "gamma": 0.99}
     if config.algo == "ppo":
-        model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, n_epochs=10, ent_coef=0.01, **common)
+        batch = min(256, config.ppo_n_steps * config.n_envs)
+        model = PPO(
+            "MlpPolicy",
+            env,
+            n_steps=config.ppo_n_steps,
+            batch_size=batch,
+            n_epochs=10,
+            ent_coef=0.01,
+            **common,
+        )
     elif config.algo == "a2c":
         model = A2C("MlpPolicy", env, n_steps=8, ent_coef=0.01, **common)
     else:
@@ -411,7 +427,9 @@ def main(config: TrainSB3Config) -> dict[str, Any]:
     if overlap:
         raise ValueError(f"training and held-out problems overlap: {sorted(overlap)[:5]}")
     print(f"{config.task}: {len(train_ids)} training problems, {len(test_ids)} held-out, algo {config.algo}")
-    speed = measure_env_speed(make_train, config.speed_steps) if config.speed_steps else None
+    speed = None
+    if config.speed_steps:
+        speed = measure_env_speed(make_train, config.speed_steps, warmup=config.speed_warmup)
     if speed is not None:
         print(f"  view speed without an engine: {speed:.0f} env steps/s (random choices)")
     results = train_and_evaluate(config, make_train, train_ids, make_test, test_ids, meta)
