@@ -130,7 +130,12 @@ def alfworld_factory(config: TrainSB3Config, split: str, games: int) -> tuple[Ca
         from wrappers.candidate_choice import CandidateChoice
 
         inner = gym.make(
-            "openr/ALFWorld-v0", split=split, num_games=games, task_types=task_types, max_episode_steps=steps
+            "openr/ALFWorld-v0",
+            split=split,
+            num_games=games,
+            task_types=task_types,
+            source="generated",
+            max_episode_steps=steps,
         )
         return CandidateChoice(inner, None, k=k, candidates="admissible")
 

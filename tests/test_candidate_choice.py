@@ -243,7 +243,11 @@ def test_ppo_learns_to_pick_the_right_candidate():
 def test_admissible_commands_without_engine():
     pytest.importorskip("alfworld")
     inner = gym.make(
-        "openr/ALFWorld-v0", num_games=2, task_types=["pick_and_place_simple"], max_episode_steps=4
+        "openr/ALFWorld-v0",
+        num_games=2,
+        task_types=["pick_and_place_simple"],
+        source="generated",
+        max_episode_steps=4,
     )
     env = CandidateChoice(inner, None, k=64, candidates="admissible")
     observation, info = env.reset(seed=0)
