@@ -36,6 +36,7 @@ Schema (``"schema": "openr-gym/trajectory/v1"``), one object per line:
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import math
@@ -184,6 +185,15 @@ class TrajectoryRecorder(gym.Wrapper[str, str, str, str], RecordConstructorArgs)
         """Attach episode-level data (e.g. the sampling temperature) to the current episode."""
         if self._episode is not None:
             self._episode["extras"].update(extras)
+
+    def get_wrapper_state(self) -> dict[str, Any]:
+        """The episode in progress (planners rewind it with the env, ``wrappers.state``: every finished branch of
+        a search is then recorded as one episode)."""
+        return copy.deepcopy({"episode": self._episode, "pending": self._pending})
+
+    def set_wrapper_state(self, state: dict[str, Any]) -> None:
+        self._episode = copy.deepcopy(state["episode"])
+        self._pending = copy.deepcopy(state["pending"])
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)

@@ -76,6 +76,13 @@ class PRMReward(gym.Wrapper[str, str, str, str], RecordConstructorArgs):
         self._scores = []
         return self.env.reset(seed=seed, options=options)
 
+    def get_wrapper_state(self) -> list[float]:
+        """The step scores so far (planners rewind them with the env: ``wrappers.state``)."""
+        return list(self._scores)
+
+    def set_wrapper_state(self, state: list[float]) -> None:
+        self._scores = list(state)
+
     def step(self, action: str):
         obs, reward, terminated, truncated, info = self.env.step(action)
         steps = list(info.get("steps", []))

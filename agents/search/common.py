@@ -132,7 +132,7 @@ class SearchAgent(Agent):
         try:
             chosen, _ = self._search(expander, [root])[0]
         finally:
-            env.unwrapped.set_state(root.state)
+            expander.restore(root)
         path = chosen.path()
         return path[1].action if len(path) > 1 else ""
 

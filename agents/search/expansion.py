@@ -9,12 +9,14 @@ re-send-everything client would have processed, engine calls).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from agents.adapters import StepAdapter
 from agents.search.tree import Node, normalized_priors
+from wrappers.state import get_stack_state, set_stack_state, unbranchable_wrappers
 
 __all__ = ["Expander", "Ledger"]
 
@@ -59,9 +61,15 @@ class Expander:
         seed: int = 0,
     ) -> None:
         self.engine = engine
-        self.env = env
-        self.base = env.unwrapped
+        self.env = env  # stepped through its wrappers; branched with wrappers.state (the whole stack)
         self.adapter = adapter
+        unbranchable = unbranchable_wrappers(env)
+        if unbranchable:
+            warnings.warn(
+                f"search branches this env but cannot rewind the state of its wrappers {unbranchable} (they do "
+                "not define get_wrapper_state / set_wrapper_state): they will see every branch as one episode",
+                stacklevel=3,
+            )
         self.max_steps = max_steps
         self.max_new_tokens = max_new_tokens
         self.top_p = top_p
@@ -83,7 +91,9 @@ class Expander:
             if seed is None and not options:
                 seed = self.seed + index  # no problem given: draw one reproducibly
             obs, info = self.env.reset(seed=seed, options=dict(options) if options else None)
-            roots.append(Node(problem=index, state=self.base.get_state(), info=dict(info), observation=obs))
+            roots.append(
+                Node(problem=index, state=get_stack_state(self.env), info=dict(info), observation=obs)
+            )
         self.ledgers = [Ledger() for _ in roots]
         self._started = time.perf_counter()
         return roots
@@ -94,7 +104,7 @@ class Expander:
         self._started = time.perf_counter()
         depth = len(info.get("steps", []))
         return Node(
-            problem=0, state=self.base.get_state(), info=dict(info), observation=observation, depth=depth
+            problem=0, state=get_stack_state(self.env), info=dict(info), observation=observation, depth=depth
         )
 
     def finish(self) -> None:
@@ -173,14 +183,18 @@ class Expander:
             children.append(child)
         return children
 
+    def restore(self, node: Node) -> None:
+        """Put the env (base env and every wrapper's state) back to ``node``."""
+        set_stack_state(self.env, node.state)
+
     def step(self, node: Node, action: str) -> Node:
         """Branch the env to ``node`` and take ``action``; the child is not attached to ``node``."""
-        self.base.set_state(node.state)
-        obs, reward, terminated, truncated, info = self.base.step(action)
+        self.restore(node)
+        obs, reward, terminated, truncated, info = self.env.step(action)
         depth = node.depth + 1
         return Node(
             problem=node.problem,
-            state=self.base.get_state(),
+            state=get_stack_state(self.env),
             info=dict(info),
             observation=obs,
             parent=node,

@@ -33,7 +33,7 @@ class Greedy(SearchAgent):
         try:
             [[child]] = expander.expand([root], n=1, temperature=0.0)
         finally:
-            env.unwrapped.set_state(root.state)
+            expander.restore(root)
         return child.action
 
     def _search(self, expander: Expander, roots: list[Node]) -> list[tuple[Node, list[Node]]]:

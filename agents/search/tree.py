@@ -1,7 +1,8 @@
 """Search-tree nodes over env snapshots, with PUCT selection and value backup (AlphaZero-style).
 
-A node is one env state reached by one step (action). Branching is by ``env.unwrapped.get_state()`` /
-``set_state()``, so a planner never replays a trajectory to try a sibling.
+A node is one env state reached by one step (action). Branching is by snapshots of the env and its wrappers
+(``wrappers.state``, over ``env.unwrapped.get_state()`` / ``set_state()``), so a planner never replays a trajectory
+to try a sibling.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Node:
     problem: int
     """Index of the problem in the batch this tree belongs to."""
     state: Any
-    """``env.unwrapped.get_state()`` after this node's step."""
+    """``wrappers.state.get_stack_state(env)`` after this node's step (the base env and its wrappers)."""
     info: dict
     """The env ``info`` after this node's step (``problem``, ``steps``, ``answer``, ...)."""
     observation: str | None = None
