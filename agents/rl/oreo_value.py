@@ -68,7 +68,11 @@ class ValueScorer:
         self.max_batch_tokens = max_batch_tokens
         self.autocast = autocast
         self.tokens_read = 0
+        """Tokens the value model ran over (every prompt read in full)."""
+        self.new_tokens = 0
+        """Tokens a prefix-caching value model would run over: each node's prompt minus its parent's."""
         self.calls = 0
+        self._prompt_lengths: dict[int, int] = {}
 
     # --- the PRM protocol ---------------------------------------------------------------------------------------
 
@@ -98,9 +102,14 @@ class ValueScorer:
 
         adapter = self.adapter or StepAdapter(self.instruction)
         encoded = []
+        if len(self._prompt_lengths) > 100_000:
+            self._prompt_lengths.clear()
         for node in nodes:
             ids = self._encode(adapter.prompt(self.engine, node.info, node.observation))
             encoded.append((ids, [len(ids) - 1]))
+            parent_length = self._prompt_lengths.get(id(node.parent), 0) if node.parent is not None else 0
+            self._prompt_lengths[id(node)] = len(ids)
+            self.new_tokens += max(len(ids) - parent_length, 0) if parent_length else len(ids)
         values = self._read(encoded)
         for problem in {node.problem for node in nodes}:
             ledgers[problem].prm_calls += 1

@@ -1,0 +1,272 @@
+"""OREO on Arithmetic level 2 from the shared SFT warm-start: SFT vs rejection-sampling fine-tuning vs OREO (GRPO as
+a reference) at the same number of sampled trajectories; then value-guided beam search vs greedy vs majority vote.
+
+    python -m experiments.oreo_arithmetic --out runs/h14/oreo_arithmetic --threads 1
+
+Part 1, per seed: the warm-start policy samples ``problems x samples_per_problem`` trajectories of fresh level-2
+problems at ``temperature`` (written in the recorder's format). RFT fine-tunes the warm-start on the correct ones;
+OREO learns from all of them (R = 1 / 0); GRPO samples the same number of trajectories itself, in
+``samples / (prompts_per_update x group_size)`` updates. Every method then answers the same ``eval_problems``
+held-out problems greedily (``experiments.train``'s held-out seeds).
+
+Part 2 (with OREO's seed-0 policy and value model): greedy, majority vote over N samples, and OREO's value-guided
+step-level beam search (B beams x K samples, keep the B best by V), at budgets N = B x K in ``budgets``, on the first
+``search_problems`` held-out problems; compute = generated tokens + tokens the value model read (in full, and with
+a prefix cache: each node's prompt minus its parent's, as the policy's engine reuses its prefix).
+Results: ``results.json`` and a printed table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_ID = "openr/Arithmetic-v0"
+BEAMS = {1: (1, 1), 2: (1, 2), 4: (2, 2), 8: (2, 4), 16: (4, 4)}
+"""Budget N -> (beams B, samples per beam K) of the value-guided beam search."""
+
+
+@dataclass
+class OREOArithmeticConfig:
+    """SFT vs RFT vs OREO (vs GRPO) on Arithmetic level 2, then value-guided search at equal compute."""
+
+    init: str = "/work/runs/sft-l1/agent"
+    """The shared SFT warm-start (a saved agent folder with ``policy/``)."""
+    level: int = 2
+    """Arithmetic level trained and evaluated."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Training seeds (problems, sampling and update order)."""
+    methods: tuple[str, ...] = ("sft", "rft", "oreo", "grpo")
+    """Methods of part 1 (``sft`` is the warm-start itself, evaluated once)."""
+    problems: int = 32
+    """Training problems sampled per seed."""
+    samples_per_problem: int = 4
+    """Trajectories per problem (problems x samples = the sample budget of every method)."""
+    temperature: float = 1.3
+    """Sampling temperature of the trajectories (the warm-start is nearly deterministic at 1.0)."""
+    updates: int = 8
+    """Optimizer steps of RFT and OREO."""
+    batch_size: int = 16
+    """Trajectories (examples) per RFT / OREO update."""
+    learning_rate: float = 2e-5
+    """Policy learning rate of RFT, OREO and GRPO (docs/rl.md's GRPO setting)."""
+    value_learning_rate: float = 1e-4
+    """OREO's value-model learning rate (its head starts at zero and must move in few updates)."""
+    beta: float = 0.03
+    """OREO's beta (the paper's default)."""
+    grpo_prompts: int = 4
+    """GRPO problems per update (x ``samples_per_problem`` samples each)."""
+    eval_problems: int = 48
+    """Held-out problems for the greedy accuracy."""
+    search_problems: int = 24
+    """Held-out problems for part 2 (0 skips it)."""
+    budgets: tuple[int, ...] = (1, 2, 4, 8)
+    """Samples per problem of majority vote and of the beam search (B x K)."""
+    search_temperature: float = 1.0
+    """Sampling temperature of majority vote and beam search."""
+    max_new_tokens: int = 96
+    """Token limit per solution (episode rollouts) and per step (search)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass."""
+    threads: int = 1
+    """Torch threads."""
+    out: str = "runs/h14/oreo_arithmetic"
+    """Output folder (results.json, collected trajectories, logs)."""
+
+
+def _engine(config: OREOArithmeticConfig) -> Any:
+    import torch
+
+    from agents.engines import HFEngine
+    from experiments.train import load_policy
+
+    torch.set_num_threads(config.threads)
+    model, tokenizer = load_policy("", config.init)
+    return HFEngine(model, tokenizer, num_threads=config.threads)
+
+
+def _common(config: OREOArithmeticConfig, seed: int, log: Path | None) -> dict[str, Any]:
+    return dict(
+        seed=seed,
+        rollout_mode="episode",
+        max_new_tokens=config.max_new_tokens,
+        micro_batch_size=config.micro_batch_size,
+        learning_rate=config.learning_rate,
+        log_dir=str(log) if log else None,
+        log_formats=("csv", "tensorboard"),
+        verbose=0,
+    )
+
+
+def _greedy_accuracy(agent: Any, config: OREOArithmeticConfig) -> dict[str, float]:
+    from experiments.train import held_out_seeds
+
+    return agent.evaluate(held_out_seeds(config.eval_problems), k=1, temperature=0.0, env=ENV_ID)
+
+
+def train_seed(config: OREOArithmeticConfig, seed: int, out: Path) -> tuple[dict[str, Any], Any]:
+    """Part 1 for one seed; returns its rows and the trained OREO agent (for part 2)."""
+    from agents.rl.grpo import GRPO, GRPOConfig
+    from agents.rl.oreo import OREO, OREOConfig
+    from agents.rl.sft import SFT, SFTConfig, SFTExample
+
+    env_kwargs = {"level": config.level}
+    samples = config.problems * config.samples_per_problem
+    rows: dict[str, Any] = {}
+    started = time.time()
+    oreo = OREO(
+        _engine(config),
+        ENV_ID,
+        OREOConfig(
+            **_common(config, seed, out / f"oreo_s{seed}"),
+            temperature=config.temperature,
+            beta=config.beta,
+            value_learning_rate=config.value_learning_rate,
+            batch_size=config.batch_size,
+            data_path=str(out / f"trajectories_s{seed}.jsonl"),
+        ),
+        env_kwargs=env_kwargs,
+    )
+    trajectories = oreo.collect_trajectories(config.problems, config.samples_per_problem)
+    sample_accuracy = sum(t.reward for t in trajectories) / len(trajectories)
+    print(
+        f"seed {seed}: {len(trajectories)} trajectories, {sample_accuracy:.3f} correct, {time.time() - started:.0f} s"
+    )
+    rows["samples"] = {"trajectories": len(trajectories), "correct_share": sample_accuracy}
+    if "oreo" in config.methods:
+        started = time.time()
+        oreo.config.temperature = 1.0  # log-probs of the policy itself (sampling used ``config.temperature``)
+        oreo.learn(config.updates, data=trajectories)
+        rows["oreo"] = {**_greedy_accuracy(oreo, config), "train_seconds": time.time() - started}
+        print(f"seed {seed}: oreo {rows['oreo']}", flush=True)
+    if "rft" in config.methods:
+        started = time.time()
+        correct = [SFTExample(t.question, t.steps, t.instruction) for t in trajectories if t.reward > 0]
+        rft = SFT(
+            _engine(config),
+            ENV_ID,
+            SFTConfig(**_common(config, seed, out / f"rft_s{seed}"), batch_size=config.batch_size),
+            env_kwargs=env_kwargs,
+        )
+        if correct:
+            rft.learn(config.updates, examples=correct)
+        rows["rft"] = {
+            **_greedy_accuracy(rft, config),
+            "examples": len(correct),
+            "train_seconds": time.time() - started,
+        }
+        print(f"seed {seed}: rft {rows['rft']}", flush=True)
+        del rft
+    if "grpo" in config.methods:
+        started = time.time()
+        per_update = config.grpo_prompts * config.samples_per_problem
+        grpo = GRPO(
+            _engine(config),
+            ENV_ID,
+            GRPOConfig(
+                **_common(config, seed, out / f"grpo_s{seed}"),
+                prompts_per_update=config.grpo_prompts,
+                group_size=config.samples_per_problem,
+                temperature=config.temperature,
+                kl_coef=0.0,
+            ),
+            env_kwargs=env_kwargs,
+        )
+        grpo.learn(max(1, samples // per_update))
+        grpo.config.temperature = 1.0
+        rows["grpo"] = {
+            **_greedy_accuracy(grpo, config),
+            "updates": max(1, samples // per_update),
+            "train_seconds": time.time() - started,
+        }
+        print(f"seed {seed}: grpo {rows['grpo']}", flush=True)
+        del grpo
+    return rows, oreo
+
+
+def search_comparison(config: OREOArithmeticConfig, oreo: Any) -> dict[str, Any]:
+    """Part 2: greedy, majority vote and value-guided beam search with OREO's policy and value model."""
+    import gymnasium as gym
+
+    from agents.search.best_of_n import BestOfN, BestOfNConfig
+    from agents.search.greedy import Greedy
+    from experiments.train import held_out_seeds
+
+    seeds = held_out_seeds(config.search_problems)
+    problems = [None] * len(seeds)
+    env = gym.make(ENV_ID, level=config.level)
+    rows: dict[str, Any] = {}
+
+    def run(name: str, agent: Any, scorer: Any = None) -> None:
+        before = (scorer.tokens_read, scorer.new_tokens) if scorer is not None else (0, 0)
+        started = time.time()
+        results = agent.solve_many(env, problems, seeds=seeds)
+        value_tokens = (scorer.tokens_read - before[0]) if scorer is not None else 0
+        value_new = (scorer.new_tokens - before[1]) if scorer is not None else 0
+        generated = sum(r["generated_tokens"] for r in results)
+        rows[name] = {
+            "accuracy": sum(r["correct"] for r in results) / len(results),
+            "generated_tokens_per_problem": generated / len(results),
+            "value_tokens_per_problem": value_tokens / len(results),
+            "value_new_tokens_per_problem": value_new / len(results),
+            "compute_per_problem": (generated + value_tokens) / len(results),
+            "compute_cached_per_problem": (generated + value_new) / len(results),
+            "seconds": time.time() - started,
+        }
+        print(f"{name}: {rows[name]}", flush=True)
+
+    common = dict(max_new_tokens=config.max_new_tokens, seed=0, temperature=config.search_temperature)
+    with oreo.autocast():
+        run("greedy", Greedy(oreo.engine, env, max_new_tokens=config.max_new_tokens))
+        for budget in config.budgets:
+            run(
+                f"majority@{budget}",
+                BestOfN(oreo.engine, env, BestOfNConfig(n=budget, selection="majority_vote", **common)),
+            )
+            beams, samples = BEAMS[budget]
+            search = oreo.search_agent(beam_width=beams, num_expansions=samples, **common)
+            run(f"value_beam@{budget}", search, search.prm)
+    env.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import tyro
+
+    import reasoning_gym  # noqa: F401
+
+    config = tyro.cli(OREOArithmeticConfig, args=argv, description=__doc__.split("\n\n")[0])
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"config": asdict(config), "seeds": {}}
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+
+    if "sft" in config.methods:
+        from agents.rl.sft import SFT, SFTConfig
+
+        warm = SFT(
+            _engine(config), ENV_ID, SFTConfig(**_common(config, 0, None)), env_kwargs={"level": config.level}
+        )
+        report["sft"] = _greedy_accuracy(warm, config)
+        print(f"sft warm-start: {report['sft']}", flush=True)
+        del warm
+        save()
+    for seed in config.seeds:
+        rows, oreo = train_seed(config, seed, out)
+        report["seeds"][str(seed)] = rows
+        save()
+        if seed == config.seeds[0] and config.search_problems:
+            report["search"] = search_comparison(config, oreo)
+            save()
+        del oreo
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()
