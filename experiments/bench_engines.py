@@ -16,7 +16,6 @@ It prints a table and writes JSON (default ``runs/bench_engines/engines.json``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -27,18 +26,28 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["BenchConfig", "main", "math_questions", "run_backend"]
+import tyro
+
+__all__ = ["EngineBenchConfig", "main", "math_questions", "run_backend"]
 
 INSTRUCTION = (
     "Solve the problem step by step. Separate steps with a blank line. Put the final answer in \\boxed{}."
 )
 
 
+Backend = Literal["hf", "vllm"]
+
+
 @dataclass
-class BenchConfig:
-    """What to measure; every field has a CLI flag of the same name."""
+class EngineBenchConfig:
+    """Benchmark the engines on the same chat-templated MATH prompts (every field is a flag of the same name)."""
+
+    backends: tuple[Backend, ...] = ()
+    """Backends to measure, each in its own subprocess (empty: every installed one)."""
+    out: str = "runs/bench_engines/engines.json"
+    """JSON output file."""
 
     model: str = "smollm2-135m-instruct"
     """Model name, HF id or folder (the same for every backend)."""
@@ -59,12 +68,18 @@ class BenchConfig:
     branch_new_tokens: int = 16
     """New tokens per branch."""
     dtype: str = "auto"
-    """Model dtype for every backend (auto = bf16 where the CPU runs it fast)."""
+    """Model dtype for every backend (auto = bf16 where the device runs it natively, else fp32 on CPU / fp16 on
+    older GPUs)."""
     vllm_eager: bool = False
     """vLLM without graph compilation (faster start-up, slower decoding)."""
     threads: int = 0
     """torch threads for the transformers engine (0 = its default: the CPUs this process may use)."""
     seed: int = 0
+    """Sampling seed of the "sample" rows."""
+    worker: Backend | None = None
+    """Internal: measure this one backend in this process and write its JSON to ``worker_out``."""
+    worker_out: str | None = None
+    """Internal: the worker's output file."""
 
 
 def math_questions(count: int) -> list[str]:
@@ -119,7 +134,7 @@ def _timed(function: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def _shared_prefix_prompts(engine: Any, config: BenchConfig) -> tuple[list[str], list[str]]:
+def _shared_prefix_prompts(engine: Any, config: EngineBenchConfig) -> tuple[list[str], list[str]]:
     """(shared, unique) branch prompts: same lengths; the unique ones differ at their first characters."""
     steps: list[str] = []
     text = engine.step_prompt(math_questions(1)[0], steps, INSTRUCTION)
@@ -145,6 +160,7 @@ def _direct_hf(engine: Any, prompts: list[str], max_new_tokens: int) -> tuple[fl
     for row, ids in enumerate(encoded):
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         mask[row, width - len(ids) :] = 1
+    input_ids, mask = input_ids.to(engine.device), mask.to(engine.device)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -175,8 +191,10 @@ def _direct_vllm(engine: Any, prompts: list[str], max_new_tokens: int) -> tuple[
     return seconds, sum(len(o.outputs[0].token_ids) for o in outputs)
 
 
-def run_backend(backend: str, config: BenchConfig) -> dict[str, Any]:
+def run_backend(backend: str, config: EngineBenchConfig) -> dict[str, Any]:
     """All measurements for one backend, in this process (``main`` runs each in a fresh subprocess)."""
+    from agents.engines.hardware import engine_dtype, hardware_info
+
     result: dict[str, Any] = {"backend": backend, "load_average_before": os.getloadavg()}
     start = time.perf_counter()
     if backend == "hf":
@@ -196,6 +214,7 @@ def run_backend(backend: str, config: BenchConfig) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown backend {backend!r} (hf, vllm)")
     result["startup_s"] = time.perf_counter() - start
+    result["hardware"] = hardware_info(model_dtype=engine_dtype(engine))
     questions = math_questions(max(config.batch_sizes + [config.overhead_batch]))
     prompts = [engine.step_prompt(q, [], INSTRUCTION) for q in questions]
     result["mean_prompt_tokens"] = sum(len(engine.encode(p)) for p in prompts) / len(prompts)
@@ -332,32 +351,28 @@ def _print_table(results: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    defaults = BenchConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--backends", nargs="+", choices=["hf", "vllm"], default=None, help="default: installed"
-    )
-    parser.add_argument("--out", default="runs/bench_engines/engines.json")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, action="store_true", default=value)
-        elif isinstance(value, list):
-            parser.add_argument(flag, nargs="+", type=type(value[0]), default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
-    args = parser.parse_args(argv)
-    config = BenchConfig(**{name: getattr(args, name) for name in asdict(defaults)})
+def parse_args(argv: list[str] | None = None) -> EngineBenchConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(EngineBenchConfig, args=argv, description=__doc__)
 
-    if args.worker:  # child process: one backend, result as JSON
-        Path(args.worker_out).write_text(json.dumps(run_backend(args.worker, config)))
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    config = parse_args(argv)
+    if config.worker:  # child process: one backend, result as JSON
+        if not config.worker_out:
+            raise SystemExit("--worker needs --worker-out")
+        Path(config.worker_out).write_text(json.dumps(run_backend(config.worker, config)))
         return {}
 
-    results: dict[str, Any] = {"config": asdict(config), "versions": _versions(), "backends": {}}
-    for backend in args.backends or _installed_backends():
+    from agents.engines.hardware import hardware_info
+
+    results: dict[str, Any] = {
+        "config": asdict(config),
+        "versions": _versions(),
+        "hardware": hardware_info(),
+        "backends": {},
+    }
+    for backend in config.backends or _installed_backends():
         with tempfile.NamedTemporaryFile(suffix=".json") as handle:
             command = [
                 sys.executable,
@@ -382,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"B={h['batch']} {h['mode']}": v["tok_s"] / h["tok_s"]
             for h, v in zip(backends["hf"]["throughput"], backends["vllm"]["throughput"])
         }
-    out = Path(args.out)
+    out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     if backends:

@@ -16,6 +16,7 @@ SCRIPTS = {
     "experiments.train": "TrainScriptConfig",
     "experiments.benchmark": "BenchmarkConfig",
     "experiments.collect_prm_data": "CollectConfig",
+    "experiments.bench_engines": "EngineBenchConfig",
     "experiments.train_prm": "PRMTrainConfig",
 }
 
