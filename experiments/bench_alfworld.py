@@ -1,9 +1,9 @@
 """Benchmark openr/ALFWorld-v0: speed against stock TextWorld, scripted experts, and a greedy SmolLM2 baseline.
 
 Usage:
-    .venv/bin/python experiments/bench_alfworld.py                       # everything (policy column needs torch)
-    .venv/bin/python experiments/bench_alfworld.py --no-policy --expert-games 60
-    .venv/bin/python experiments/bench_alfworld.py --out runs/bench_alfworld
+    .venv/bin/python -m experiments.bench_alfworld                       # everything (policy column needs torch)
+    .venv/bin/python -m experiments.bench_alfworld --no-policy --expert-games 60
+    .venv/bin/python -m experiments.bench_alfworld --out runs/bench_alfworld
 
 1. Speed: on the same games in the same process, stock TextWorld (``PddlEnv`` + ALFWorld's demangler, as ALFWorld
    plays games) and ``ALFWorldEnv`` play the same seeded random walk of admissible commands; steps/s and reset times
@@ -16,17 +16,18 @@ Writes ``results.json`` and prints the tables (markdown).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
+import tyro
 
 import reasoning_gym  # noqa: F401  (registers openr/*)
 from reasoning_gym.alfworld import run_expert
@@ -188,6 +189,7 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
     t0 = time.perf_counter()
     engine = HFEngine(model)
     load_s = time.perf_counter() - t0
+    model_dtype = str(next(engine.model.parameters()).dtype).removeprefix("torch.")
     envs = [
         gym.make(
             "openr/ALFWorld-v0",
@@ -224,6 +226,7 @@ def bench_policy(num_games: int, max_steps: int, cache_dir: str | None, model: s
         print(f"  policy step {steps} ({sum(done)}/{num_games} episodes over, {sum(won)} won)", flush=True)
     result = {
         "model": model,
+        "model_dtype": model_dtype,
         "games": num_games,
         "max_steps": max_steps,
         "success": sum(won) / num_games,
@@ -293,36 +296,60 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--speed-games", type=int, default=6, help="generated games in the speed table (+ the real one)"
-    )
-    parser.add_argument("--walk-steps", type=int, default=30, help="random admissible commands per game")
-    parser.add_argument(
-        "--repeats", type=int, default=2, help="timed passes per engine and game (best counts)"
-    )
-    parser.add_argument(
-        "--expert-games", type=int, default=60, help="generated games for the expert success rates"
-    )
-    parser.add_argument(
-        "--policy-games", type=int, default=6, help="generated games (one per task type per 6)"
-    )
-    parser.add_argument(
-        "--skip-real", action="store_true", help="leave the shared real game out of the speed table"
-    )
-    parser.add_argument("--experts", default="planner,handcoded", help="comma-separated: planner, handcoded")
-    parser.add_argument("--policy-max-steps", type=int, default=15)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--no-policy", action="store_true", help="skip the LLM baseline")
-    parser.add_argument(
-        "--cache-dir", default=None, help="generated-game cache (default ~/.cache/openr-gym/alfworld)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/bench_alfworld")
-    args = parser.parse_args(argv)
+@dataclass
+class ALFWorldBenchConfig:
+    """Benchmark openr/ALFWorld-v0: speed against stock TextWorld, scripted experts, and a greedy LLM baseline."""
 
-    results: dict[str, Any] = {"args": vars(args), "python": sys.version.split()[0]}
+    speed_games: int = 6
+    """Generated games in the speed table (+ the real one)."""
+    walk_steps: int = 30
+    """Random admissible commands per game."""
+    repeats: int = 2
+    """Timed passes per engine and game (best counts)."""
+    expert_games: int = 60
+    """Generated games for the expert success rates."""
+    policy_games: int = 6
+    """Generated games for the LLM baseline (one per task type per 6)."""
+    skip_real: bool = False
+    """Leave the shared real game out of the speed table."""
+    experts: tuple[Literal["planner", "handcoded"], ...] = ("planner", "handcoded")
+    """Scripted experts to score."""
+    policy_max_steps: int = 15
+    """Steps per game of the LLM baseline."""
+    model: str = "smollm2-135m-instruct"
+    """Model of the LLM baseline (name, HF id or folder)."""
+    policy: bool = True
+    """Run the LLM baseline (--no-policy skips it)."""
+    cache_dir: str | None = None
+    """Generated-game cache (default ~/.cache/openr-gym/alfworld)."""
+    seed: int = 0
+    """Seeds the random walks."""
+    out: str = "runs/bench_alfworld"
+    """Output folder (results.json, results.md)."""
+
+
+def _hardware() -> dict[str, Any]:
+    """CPU capability and threads (``agents.engines.hardware``); the game benchmarks also run without torch."""
+    try:
+        from agents.engines.hardware import hardware_info
+    except ImportError as error:
+        return {"unavailable": str(error)}
+    return hardware_info()
+
+
+def parse_args(argv: list[str] | None = None) -> ALFWorldBenchConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(ALFWorldBenchConfig, args=argv, description=__doc__)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+
+    results: dict[str, Any] = {
+        "args": asdict(args),
+        "python": sys.version.split()[0],
+        "hardware": _hardware(),
+    }
     print("speed ...", flush=True)
     speed = bench_speed(
         _games(args.speed_games, args.cache_dir, not args.skip_real), args.walk_steps, args.seed, args.repeats
@@ -344,8 +371,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.expert_games > 0:
         print("experts ...", flush=True)
-        results["experts"] = bench_experts(args.expert_games, args.cache_dir, args.experts.split(","))
-    if not args.no_policy and args.policy_games > 0:
+        results["experts"] = bench_experts(args.expert_games, args.cache_dir, list(args.experts))
+    if args.policy and args.policy_games > 0:
         print("policy ...", flush=True)
         results["policy"] = bench_policy(args.policy_games, args.policy_max_steps, args.cache_dir, args.model)
     table = _markdown(results)

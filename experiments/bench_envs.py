@@ -11,14 +11,15 @@ issue: step < 100 us; >= 1,000 cached judgements/s on one core; no judgement ove
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import tyro
 from rich.console import Console
 from rich.table import Table
 
@@ -139,15 +140,27 @@ def bench_judger(math500: list[dict], timeout: float) -> dict:
     }
 
 
+@dataclass
+class EnvBenchConfig:
+    """Benchmark the environments and the outcome judger."""
+
+    data_dir: Path | None = field(default_factory=shared_data_dir)
+    """Shared data folder holding math/test500.jsonl (the judger rows are skipped without it)."""
+    steps: int = 20_000
+    """Env steps timed per environment."""
+    timeout: float = 5.0
+    """The judger's time limit per judgement, in seconds."""
+    out: Path = Path("results/bench_envs.json")
+    """JSON output file."""
+
+
+def parse_args(argv: list[str] | None = None) -> EnvBenchConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(EnvBenchConfig, args=argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data-dir", type=Path, default=shared_data_dir())
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=Path("results/bench_envs.json"))
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     console = Console()
     results: dict = {"env_steps": [bench_env_steps("openr/Arithmetic-v0", args.steps, level=3)]}
     math_path = args.data_dir / "math" / "test500.jsonl" if args.data_dir else None
@@ -191,8 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
             results["judger"][k]["max_ms"] for k in ("cold_reference", "cached_reference", "gold_solutions")
         )
         console.print(f"slowest judgement: {slowest:.0f} ms (limit {args.timeout * 1e3:.0f} ms)")
+    from agents.engines.hardware import hardware_info
+
+    results["config"] = asdict(args)
+    results["hardware"] = hardware_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2, default=str))
     console.print(f"wrote {args.out}")
     return results
 

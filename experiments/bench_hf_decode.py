@@ -10,30 +10,46 @@ prompts, alternating the two settings per batch size so a shared machine's load 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["main"]
+import tyro
+
+__all__ = ["HFDecodeBenchConfig", "main"]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.7])
-    parser.add_argument("--out", default="runs/bench_hf_decode.json")
-    return parser.parse_args(argv)
+@dataclass
+class HFDecodeBenchConfig:
+    """HFEngine decode throughput with grouped-matmul decode attention against transformers' SDPA, same run."""
+
+    model: str = "smollm2-135m-instruct"
+    """Model name, HF id or folder."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 where the device runs it natively, else fp32), bfloat16, float32."""
+    threads: int = 1
+    """Torch CPU threads."""
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
+    """Prompts per generate call."""
+    max_new_tokens: int = 64
+    """New tokens per sequence."""
+    temperatures: tuple[float, ...] = (0.0, 0.7)
+    """Sampling temperatures (0: greedy)."""
+    out: str = "runs/bench_hf_decode.json"
+    """JSON output file."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> HFDecodeBenchConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(HFDecodeBenchConfig, args=argv, description=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     from agents.engines import HFEngine, load_model
+    from agents.engines.hardware import hardware_info
 
     model, tokenizer = load_model(args.model, dtype=args.dtype)
     engines = {
@@ -80,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 f" {fast['tok_per_s'] / sdpa['tok_per_s']:8.2f}x"
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"args": asdict(args), "hardware": hardware_info(model_dtype=model.dtype), "rows": rows}, indent=2
+        )
+    )
     return rows
 
 

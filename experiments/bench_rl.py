@@ -22,7 +22,6 @@ model almost every reward is 0, so ``openr`` mostly skips training: ``openr_all`
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -30,8 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import tyro
 
 ENV_ID = "openr/Arithmetic-v0"
 ENV_KWARGS = {"levels": [1, 2]}
@@ -68,7 +70,7 @@ def _prefer_as_oom_victim() -> None:
         pass
 
 
-def run_openr(args: argparse.Namespace, skip_zero: bool = True) -> dict[str, Any]:
+def run_openr(args: RLBenchConfig, skip_zero: bool = True) -> dict[str, Any]:
     """``skip_zero``: GRPO's default of not computing the (exactly zero) gradient of groups whose rewards are all
     equal; TRL computes it. False does TRL's work."""
     import torch
@@ -125,7 +127,7 @@ def run_openr(args: argparse.Namespace, skip_zero: bool = True) -> dict[str, Any
     }
 
 
-def run_trl(args: argparse.Namespace) -> dict[str, Any]:
+def run_trl(args: RLBenchConfig) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -136,7 +138,8 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     from rewards import MathJudger
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(args.model, dtype=torch.float32, device=device)
     loaded_rss = _peak_rss_gb()
     rows = [
         {
@@ -165,8 +168,8 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as output_dir:
         config = GRPOConfig(
             output_dir=output_dir,
-            use_cpu=True,
-            bf16=bf16_is_fast("cpu"),  # the same rule as openr-gym's autocast="auto"
+            use_cpu=device == "cpu",
+            bf16=bf16_is_fast(device),  # the same rule as openr-gym's autocast="auto"
             per_device_train_batch_size=args.prompts * args.generations,
             num_generations=args.generations,
             max_completion_length=args.max_tokens,
@@ -205,7 +208,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _child(impl: str, args: argparse.Namespace) -> dict[str, Any]:
+def _child(impl: str, args: RLBenchConfig) -> dict[str, Any]:
     command = [
         sys.executable,
         __file__,
@@ -268,37 +271,44 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+@dataclass
+class RLBenchConfig:
+    """Time per GRPO update: openr-gym's GRPO against TRL's GRPOTrainer, same model, prompts, reward and samples."""
+
+    steps: int = 4
+    """Policy updates per implementation (the first warms up and is not in the median)."""
+    model: str = "smollm2-135m-instruct"
+    """Model name, HF id or folder."""
+    prompts: int = 4
+    """Problems per update."""
+    generations: int = 4
+    """Samples per problem (the group size)."""
+    max_tokens: int = 128
+    """New tokens per completion."""
+    threads: int = 1
+    """Torch threads for both (1 avoids OpenMP spin-wait collapse on a shared machine)."""
+    seed: int = 0
+    """Seeds the problems and the sampling."""
+    micro_batch_size: int = 8
+    """openr-gym sequences per forward/backward."""
+    impl: Literal["openr", "openr_all", "trl", "both", "oreo"] = "both"
+    """"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL); "oreo": one
+    OREO update vs one SFT update on the same batch (experiments/bench_oreo.py)."""
+    trl_first: bool = False
+    """With --impl both, run TRL before openr-gym (order check)."""
+    out: str | None = None
+    """Write the JSON report here."""
+    child_out: str | None = None
+    """Internal: run one implementation in this process and write its JSON here."""
+
+
+def parse_args(argv: list[str] | None = None) -> RLBenchConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(RLBenchConfig, args=argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name, HF id or folder")
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--generations", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads for both (1 avoids OpenMP spin-wait collapse on a shared machine)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--micro-batch-size", type=int, default=8, help="openr-gym sequences per forward/backward"
-    )
-    parser.add_argument(
-        "--impl",
-        choices=["openr", "openr_all", "trl", "both", "oreo"],
-        default="both",
-        help='"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL)',
-    )
-    parser.add_argument(
-        "--trl-first", action="store_true", help="with --impl both, run TRL before openr-gym (order check)"
-    )
-    parser.add_argument("--out", default=None, help="write the JSON report here")
-    parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
 
     if args.impl == "oreo":  # one OREO update vs one SFT update on the same batch (experiments/bench_oreo.py)
         from experiments.bench_oreo import main as bench_oreo
@@ -314,6 +324,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(args.child_out).write_text(json.dumps(result))
         return result
 
+    import torch
+
+    from agents.engines.hardware import autocast_dtype, hardware_info
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     ours = ["openr", "openr_all"]
     impls = ([*ours, "trl"] if not args.trl_first else ["trl", *ours]) if args.impl == "both" else [args.impl]
     results: dict[str, dict[str, Any]] = {}
@@ -322,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"running {impl} ...", flush=True)
         results[impl] = _child(impl, args)
         report = {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("child_out", "impl", "out")},
+            "settings": {k: v for k, v in asdict(args).items() if k not in ("child_out", "impl", "out")},
+            "hardware": hardware_info(model_dtype="float32", autocast=autocast_dtype("auto", device)),
             "order": impls,
             "summary": summarise(results),
             "raw": results,

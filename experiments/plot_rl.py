@@ -4,17 +4,18 @@ Why: ``experiments/train.py`` draws each run's own ``curves.png``; comparing see
 the same axes. Reads each run's SB3 ``progress.csv``; the held-out accuracy at update 0 (the starting policy,
 measured once and skipped in the runs with ``--skip-initial-eval``) can be given with ``--start-accuracy``.
 
-    python experiments/plot_rl.py runs/rl/grpo_s0 runs/rl/grpo_s1 --labels "seed 0" "seed 1" \\
+    python -m experiments.plot_rl runs/rl/grpo_s0 runs/rl/grpo_s1 --labels "seed 0" "seed 1" \\
         --start-accuracy 0.583 --title "GRPO on Arithmetic level 2" --out docs/rl/grpo_seeds.png
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tyro
 
 
 def read_progress(csv_path: Path) -> list[dict[str, str]]:
@@ -83,20 +84,39 @@ def plot_runs(
     return out
 
 
+@dataclass
+class PlotRunsConfig:
+    """Several training runs in one figure: held-out accuracy and training reward per policy update."""
+
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run folders with a progress.csv (positional)."""
+    out: Path
+    """PNG file to write."""
+    labels: tuple[str, ...] = ()
+    """Legend label per run (default: the folder names)."""
+    start_accuracy: float | None = None
+    """Held-out accuracy at update 0 (for runs made with --skip-initial-eval)."""
+    window: int = 5
+    """Updates in the training-reward moving mean."""
+    title: str = ""
+    """Figure title."""
+
+
+def parse_args(argv: list[str] | None = None) -> PlotRunsConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(PlotRunsConfig, args=argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders with a progress.csv")
-    parser.add_argument("--labels", nargs="*", default=None)
-    parser.add_argument("--start-accuracy", type=float, default=None, help="held-out accuracy at update 0")
-    parser.add_argument("--window", type=int, default=5, help="updates in the training-reward moving mean")
-    parser.add_argument("--title", default="")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    labels = args.labels or [run.name for run in args.runs]
+    args = parse_args(argv)
+    labels = list(args.labels) or [run.name for run in args.runs]
     path = plot_runs(
-        args.runs, labels, args.out, start_accuracy=args.start_accuracy, window=args.window, title=args.title
+        list(args.runs),
+        labels,
+        args.out,
+        start_accuracy=args.start_accuracy,
+        window=args.window,
+        title=args.title,
     )
     print(path)
     return path

@@ -19,14 +19,18 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["best_of_n_table", "main", "select_answers"]
+import tyro
+
+from rewards.prm.base import Aggregation
+
+__all__ = ["BestOfNConfig", "best_of_n_table", "main", "select_answers"]
 
 
 def _answer(steps: Sequence[str]) -> str | None:
@@ -81,29 +85,47 @@ def best_of_n_table(
     return table
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", required=True, help="samples.jsonl written by collect_prm_data.py")
-    parser.add_argument(
-        "--prm", required=True, help="folder written by train_prm.py (or any load_prm folder)"
-    )
-    parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--aggregations", nargs="+", default=["min", "last", "product", "mean"])
-    parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument(
-        "--dtype", default="bfloat16", help="PRM weights dtype for scoring (bfloat16 / float32)"
-    )
-    parser.add_argument("--out", default=None, help="JSON results (default: next to --samples)")
-    args = parser.parse_args(argv)
+@dataclass
+class BestOfNConfig:
+    """Best-of-N with a PRM vs majority vote at the same N, on solutions sampled by collect_prm_data.py."""
 
+    samples: str
+    """samples.jsonl written by collect_prm_data.py."""
+    prm: str
+    """Folder written by train_prm.py (or any load_prm folder)."""
+    n: tuple[int, ...] = (1, 2, 4)
+    """Subset sizes N."""
+    aggregations: tuple[Aggregation, ...] = ("min", "last", "product", "mean")
+    """How a solution's step scores become one score."""
+    trials: int = 50
+    """Random subsets of N solutions per problem."""
+    seed: int = 0
+    """Seeds the subsets."""
+    batch_size: int = 16
+    """PRM scoring batch."""
+    dtype: str = "auto"
+    """PRM weights dtype for scoring: auto (bf16 where the device runs it natively, else fp32), bfloat16, float32."""
+    out: str | None = None
+    """JSON results (default: next to --samples)."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BestOfNConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(BestOfNConfig, args=argv, description=__doc__)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from agents.engines.hardware import hardware_info
+    from agents.engines.models import resolve_dtype
     from rewards.prm import load_prm
 
     rows = [json.loads(line) for line in open(args.samples) if line.strip()]
     import torch
 
-    prm = load_prm(args.prm, dtype=getattr(torch, args.dtype), batch_size=args.batch_size)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = resolve_dtype(args.dtype, device)
+    prm = load_prm(args.prm, dtype=dtype, device=device, batch_size=args.batch_size)
     scores = prm.score([r["question"] for r in rows], [r["steps"] for r in rows])
     problems: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row, prm_scores in zip(rows, scores):
@@ -128,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "solutions": len(rows),
         "trials": args.trials,
         "prm": args.prm,
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
+        "hardware": hardware_info(model_dtype=dtype),
         "step_auc": step_auc,
         "accuracy": table,
     }

@@ -8,62 +8,74 @@ and prints processed / full prompt tokens and the wall-time ratio.
 
     python -m experiments.search_efficiency                     # vLLM (CPU or GPU), SmolLM2, Arithmetic
     python -m experiments.search_efficiency --agents beam_search --budget 4 --num-problems 16
-    python -m experiments.search_efficiency --engine hf --threads 1 --agents best_of_n,beam_search,mcts
+    python -m experiments.search_efficiency --engine hf --threads 1 --agents best_of_n beam_search mcts
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, Literal
 
-from experiments.benchmark import AGENTS, draw_problems, summarize
+import tyro
 
-__all__ = ["main"]
+from experiments.benchmark import AGENTS, AgentName, draw_problems, summarize
 
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="openr/Arithmetic-v0")
-    parser.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments for gym.make")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--agents", default="beam_search,mcts")
-    parser.add_argument("--budget", type=int, default=2)
-    parser.add_argument("--num-problems", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-steps", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument(
-        "--eager", action="store_true", help="vLLM enforce_eager (faster start, slower decode)"
-    )
-    parser.add_argument(
-        "--block-size",
-        type=int,
-        default=None,
-        help="vLLM KV block size (CPU default 128); prefix caching reuses whole blocks only",
-    )
-    parser.add_argument("--engine", default="vllm", choices=("vllm", "hf"), help="backend (hf: HFEngine)")
-    parser.add_argument("--dtype", default="bfloat16", help="model dtype (hf engine)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (hf engine)")
-    parser.add_argument(
-        "--prefix-cache-tokens", type=int, default=16384, help="HFEngine prefix-cache budget when on"
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="on/off pairs per agent (wall-time ratio = their median); vllm: order alternates on-off, off-on",
-    )
-    parser.add_argument("--out", default="runs/search_efficiency.json")
-    return parser.parse_args(argv)
+__all__ = ["SearchEfficiencyConfig", "main"]
 
 
-def build_engine(args: argparse.Namespace, prefix_caching: bool, loaded: dict) -> Any:
+@dataclass
+class SearchEfficiencyConfig:
+    """Prefix re-use in tree search: prompt tokens processed with and without prefix caching."""
+
+    env: str = "openr/Arithmetic-v0"
+    """Registered env id."""
+    env_kwargs: str = "{}"
+    """JSON keyword arguments for gym.make."""
+    model: str = "smollm2-135m-instruct"
+    """Policy: name, HF id or local folder."""
+    agents: tuple[AgentName, ...] = ("beam_search", "mcts")
+    """Search agents to run."""
+    budget: int = 2
+    """Budget level (as in experiments.benchmark: N, beam width, MCTS simulations / 2)."""
+    num_problems: int = 8
+    """Problems, drawn by the env's RNG from --seed."""
+    seed: int = 0
+    """Drives problem choice and sampling."""
+    max_steps: int = 4
+    """Reasoning steps per episode."""
+    max_new_tokens: int = 48
+    """Tokens per step."""
+    temperature: float = 0.7
+    """Sampling temperature of the steps."""
+    eager: bool = False
+    """vLLM enforce_eager (faster start, slower decode)."""
+    block_size: int | None = None
+    """vLLM KV block size (CPU default 128); prefix caching reuses whole blocks only."""
+    engine: Literal["vllm", "hf"] = "vllm"
+    """Backend (hf: HFEngine)."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 where the device runs it natively, else fp32), bfloat16, float32."""
+    threads: int | None = None
+    """Torch threads (hf engine)."""
+    prefix_cache_tokens: int = 16384
+    """HFEngine prefix-cache budget when on."""
+    repeats: int = 1
+    """On/off pairs per agent (wall-time ratio = their median); vllm: order alternates on-off, off-on."""
+    out: str = "runs/search_efficiency.json"
+    """JSON output file."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SearchEfficiencyConfig:
+    """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(SearchEfficiencyConfig, args=argv, description=__doc__)
+
+
+def build_engine(args: SearchEfficiencyConfig, prefix_caching: bool, loaded: dict) -> Any:
     """A vLLM engine, or an HFEngine over one model loaded once for both halves (``loaded`` keeps it)."""
     if args.engine == "hf":
         from agents.engines import HFEngine, load_model
@@ -79,6 +91,7 @@ def build_engine(args: argparse.Namespace, prefix_caching: bool, loaded: dict) -
 
     engine = VLLMEngine(
         args.model,
+        dtype=args.dtype,
         seed=args.seed,
         enable_prefix_caching=prefix_caching,
         enforce_eager=args.eager,
@@ -89,12 +102,12 @@ def build_engine(args: argparse.Namespace, prefix_caching: bool, loaded: dict) -
     return engine
 
 
-def agent_keys(args: argparse.Namespace) -> list[str]:
-    return [k.strip() for k in args.agents.split(",") if k.strip()]
+def agent_keys(args: SearchEfficiencyConfig) -> list[str]:
+    return list(args.agents)
 
 
 def measure(
-    args: argparse.Namespace,
+    args: SearchEfficiencyConfig,
     engine: Any,
     key: str,
     prefix_caching: bool,
@@ -136,7 +149,7 @@ def measure(
 
 
 def run(
-    args: argparse.Namespace,
+    args: SearchEfficiencyConfig,
     prefix_caching: bool,
     env: Any,
     problems: list[dict],
@@ -153,7 +166,7 @@ def run(
             close()
 
 
-def run_interleaved(args: argparse.Namespace, env: Any, problems: list[dict]) -> list[dict]:
+def run_interleaved(args: SearchEfficiencyConfig, env: Any, problems: list[dict]) -> list[dict]:
     """HF: two engines over one model; per agent and repeat, cache on then off back to back, so the load of a
     shared machine hits both halves alike."""
     loaded: dict = {}
@@ -164,6 +177,17 @@ def run_interleaved(args: argparse.Namespace, env: Any, problems: list[dict]) ->
         for key in agent_keys(args)
         for setting in (True, False)
     ]
+
+
+def _hardware(args: SearchEfficiencyConfig) -> dict[str, Any]:
+    """CPU capability and the model dtype the engines ran with (``--dtype`` resolved on the default device)."""
+    import torch
+
+    from agents.engines.hardware import hardware_info
+    from agents.engines.models import resolve_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return hardware_info(model_dtype=resolve_dtype(args.dtype, device))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -206,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             + (f" (median of {' '.join(f'{r:.2f}' for r in cpu)})" if len(cpu) > 1 else "")
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"args": asdict(args), "hardware": _hardware(args), "rows": rows}, indent=2)
+    )
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,15 +18,36 @@ SCRIPTS = {
     "experiments.benchmark": "BenchmarkConfig",
     "experiments.collect_prm_data": "CollectConfig",
     "experiments.bench_engines": "EngineBenchConfig",
+    "experiments.bench_envs": "EnvBenchConfig",
+    "experiments.bench_rl": "RLBenchConfig",
+    "experiments.bench_hf_decode": "HFDecodeBenchConfig",
+    "experiments.search_efficiency": "SearchEfficiencyConfig",
+    "experiments.prm_best_of_n": "BestOfNConfig",
+    "experiments.bench_alfworld": "ALFWorldBenchConfig",
+    "experiments.plot_rl": "PlotRunsConfig",
     "experiments.train_prm": "PRMTrainConfig",
 }
 
 # scripts that need some flags, and the config fields those flags set
-REQUIRED = {"experiments.train_prm": ["--data", "a.jsonl"]}
-REQUIRED_VALUES = {"experiments.train_prm": {"data": ["a.jsonl"]}}
+REQUIRED = {
+    "experiments.train_prm": ["--data", "a.jsonl"],
+    "experiments.prm_best_of_n": ["--samples", "s.jsonl", "--prm", "p"],
+    "experiments.plot_rl": ["run1", "--out", "o.png"],
+}
+REQUIRED_VALUES = {
+    "experiments.train_prm": {"data": ["a.jsonl"]},
+    "experiments.prm_best_of_n": {"samples": "s.jsonl", "prm": "p"},
+    "experiments.plot_rl": {"runs": (Path("run1"),), "out": Path("o.png")},
+}
+
+
+# scripts whose module needs an optional extra at import time
+EXTRAS = {"experiments.bench_alfworld": "alfworld"}
 
 
 def _config_class(module_name: str):
+    if module_name in EXTRAS:
+        pytest.importorskip(EXTRAS[module_name])
     return getattr(importlib.import_module(module_name), SCRIPTS[module_name])
 
 
@@ -55,12 +77,13 @@ def test_config_class_names_are_unique():
 
 @pytest.mark.parametrize("module_name", sorted(SCRIPTS))
 def test_no_arguments_gives_the_config_defaults(module_name):
+    config_class = _config_class(module_name)
     module = importlib.import_module(module_name)
     required = REQUIRED.get(module_name, [])
     if required:
         with pytest.raises(SystemExit):
             module.parse_args([])
-    assert module.parse_args(required) == _config_class(module_name)(**REQUIRED_VALUES.get(module_name, {}))
+    assert module.parse_args(required) == config_class(**REQUIRED_VALUES.get(module_name, {}))
 
 
 def test_train_agent_is_a_subcommand_with_its_config_as_flags():

@@ -54,12 +54,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'rewards.prm' has no attribute {name!r}")
 
 
-def load_prm(path: str | os.PathLike[str], *, dtype: Any = None, **kwargs: Any) -> ProcessRewardModel:
+def load_prm(
+    path: str | os.PathLike[str], *, dtype: Any = None, device: str | None = None, **kwargs: Any
+) -> ProcessRewardModel:
     """Load a PRM saved by ``experiments/train_prm.py`` (its ``prm_config.json`` names the kind and format).
 
-    Without a config file the folder is taken as a Math-Shepherd step-tag PRM. ``kwargs`` go to the PRM
-    constructor (``batch_size``, ``max_length``, ...).
+    Without a config file the folder is taken as a Math-Shepherd step-tag PRM. ``dtype``: a torch dtype (None:
+    as saved); ``device``: defaults to CUDA when available, else CPU (the policy's default too). ``kwargs`` go to
+    the PRM constructor (``batch_size``, ``max_length``, ...).
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config: dict[str, Any] = {"kind": "step-tag"}
@@ -69,25 +73,25 @@ def load_prm(path: str | os.PathLike[str], *, dtype: Any = None, **kwargs: Any) 
             config.update(json.load(f))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model_kwargs = {"dtype": dtype} if dtype is not None else {}
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kind = config["kind"]
     if kind == "step-tag":
         from rewards.prm.step_tag import StepTagPRM
 
         fmt = config.get("format", MATH_SHEPHERD.name)
         fmt = StepFormat(**config["step_format"]) if "step_format" in config else get_format(fmt)
-        return StepTagPRM(
-            AutoModelForCausalLM.from_pretrained(path, **model_kwargs), tokenizer, fmt, **kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs).to(device)
+        return StepTagPRM(model, tokenizer, fmt, **kwargs)
     if kind == "value-head":
         from rewards.prm.value_head import CausalLMWithValueHead, ValueHeadPRM
 
-        model = CausalLMWithValueHead.from_pretrained(path, **model_kwargs)
+        model = CausalLMWithValueHead.from_pretrained(path, **model_kwargs).to(device)
         return ValueHeadPRM(model, tokenizer, config.get("format", VALUE_HEAD.name), **kwargs)
     if kind == "classification":
         from transformers import AutoModelForTokenClassification
 
         from rewards.prm.classification import ClassificationPRM
 
-        model = AutoModelForTokenClassification.from_pretrained(path, **model_kwargs)
+        model = AutoModelForTokenClassification.from_pretrained(path, **model_kwargs).to(device)
         return ClassificationPRM(model, tokenizer, **{**config.get("options", {}), **kwargs})
     raise ValueError(f"{config_path}: unknown PRM kind {kind!r}")
