@@ -248,14 +248,16 @@ def test_value_guided_turns_on_real_alfworld(data_dir):
         search = agent.search_agent(beam_width=1, num_expansions=3, max_steps=2)
         result = search.solve(env, seed=0)
         assert 1 <= len(result["steps"]) <= 2 and search.prm.tokens_read > 0
-        observation = env.unwrapped._observation()
+        _, info = env.reset(seed=0)
         trajectory = OREOTrajectory(
-            0.0, "heat", "", ["look", "inventory"], observations=[observation, observation]
+            1.0, info["problem"], "", ["look", "inventory"], problem_id=info["problem_id"]
         )
-        rows = tokenize_trajectory(
-            trajectory, agent.tokenizer, agent.engine, adapter=search.adapter(env)
-        ).rows
+        agent.add_data([trajectory])
+        metrics = agent.train_on([0])  # replays the game for the observations, one row per turn
+        rows = agent._tokenized(0).rows
         assert len(rows) == 2 and all(sum(r.state) == 1 and all(r.action) for r in rows)
+        assert "> look" in agent.tokenizer.decode(rows[1].context)  # turn 2 reads the game's answer to turn 1
+        assert metrics["train/trajectories"] == 1.0
     finally:
         env.close()
 

@@ -31,6 +31,7 @@ from agents.rl.oreo_data import (
     OREOTrajectory,
     TokenTrajectory,
     load_trajectories,
+    replay_observations,
     tokenize_trajectory,
     trajectory_from_episode,
     write_records,
@@ -218,18 +219,36 @@ class OREO(TrainableAgent):
             write_records(self.config.data_path, episodes, env_id, temperature=self.config.temperature)
         return [trajectory_from_episode(e) for e in episodes]
 
+    def _text_game_env(self) -> Any:
+        """The env as a single env when it is a text game (no ``step_delimiter``: ALFWorld), else None."""
+        env = self.env
+        if env is None:
+            return None
+        if isinstance(env, str):
+            if not hasattr(self, "_replay_env"):
+                import gymnasium as gym
+
+                self._replay_env = gym.make(env, **self.env_kwargs)
+            env = self._replay_env
+        return None if hasattr(env.unwrapped, "step_delimiter") else env
+
     def _tokenized(self, index: int) -> TokenTrajectory:
         if index not in self._tokens:
+            trajectory = self.pool[index]
+            game = self._text_game_env()
+            replay = (
+                trajectory.observations is None and trajectory.prompt is None and not trajectory.conversation
+            )
+            if game is not None and replay:  # what the policy read before each command
+                trajectory.observations = replay_observations(game, trajectory)
             self._tokens[index] = tokenize_trajectory(
-                self.pool[index],
+                trajectory,
                 self.tokenizer,
                 self.engine,
                 granularity=self.config.granularity,
                 delimiter=getattr(self.engine, "step_delimiter", "\n\n"),
                 max_response_tokens=self.config.max_response_tokens,
-                adapter=self.adapter(self.env)
-                if self.env is not None and not isinstance(self.env, str)
-                else None,
+                adapter=self.adapter(game) if game is not None else None,
             )
         return self._tokens[index]
 

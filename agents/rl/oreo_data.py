@@ -36,6 +36,7 @@ __all__ = [
     "TokenRow",
     "TokenTrajectory",
     "load_trajectories",
+    "replay_observations",
     "trajectory_from_episode",
     "trajectory_from_record",
     "write_records",
@@ -62,6 +63,8 @@ class OREOTrajectory:
     response: str | None = None
     conversation: list[dict[str, str]] | None = None
     """OREO multi-turn rows: chat messages; the assistant turns are the actions."""
+    problem_id: str | None = None
+    """The env's problem id (lets a text-game trajectory be replayed for its observations)."""
 
 
 @dataclass
@@ -119,6 +122,7 @@ def trajectory_from_record(record: Mapping[str, Any], reward_key: str = "correct
         steps=[str(s) for s in record.get("steps") or []],
         last_finish=last_finish,
         observations=list(extras["observations"]) if "observations" in extras else None,
+        problem_id=record.get("problem_id"),
     )
 
 
@@ -144,7 +148,23 @@ def trajectory_from_episode(episode: Episode, observations: Sequence[str] | None
         steps=list(episode.steps),
         last_finish=episode.last_finish,
         observations=list(observations) if observations is not None else None,
+        problem_id=episode.problem_id,
     )
+
+
+def replay_observations(env: Any, trajectory: OREOTrajectory) -> list[str]:
+    """The observation before each action of a text-game trajectory, by replaying its actions from a reset to
+    its problem (games are deterministic given the problem and the actions)."""
+    if not trajectory.problem_id:
+        raise ValueError("replaying a trajectory needs its problem_id")
+    observation, _ = env.reset(options={"problem_id": trajectory.problem_id})
+    observations = [observation]
+    for action in trajectory.steps[:-1]:
+        observation, _, terminated, truncated, _ = env.step(action)
+        observations.append(observation)
+        if terminated or truncated:
+            break
+    return observations
 
 
 def write_records(path: str | Path, episodes: Sequence[Episode], env_id: str | None, **extras: Any) -> None:
