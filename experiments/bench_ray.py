@@ -1,0 +1,252 @@
+"""RayEngine against the in-process engine: search and GRPO rollouts, tokens/s and problems/s, in one run.
+
+The same beam-search problems and the same GRPO rollout problems go through the in-process HFEngine (``--threads``
+threads in this process) and through RayEngines of 1 and 2 actors (``--threads`` each); targets: at most 10 %
+overhead for 1 actor, at least 1.8x with 2. It also times the weight broadcast (``update_weights``: one
+``ray.put`` + every actor loads) and one GRPO update on the largest RayEngine (rollout, optimisation, broadcast),
+the inputs of the scaling model in docs/distributed.md. A table on stdout, JSON in ``--out`` (with the CPU
+capability and dtypes).
+
+    python -m experiments.bench_ray                                   # local Ray instance, 1 and 2 actors
+    python -m experiments.bench_ray --ray 127.0.0.1:6379 --actors 2   # an existing cluster, by address
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+__all__ = ["BenchRayConfig", "main"]
+
+
+@dataclass
+class BenchRayConfig:
+    """Throughput of search and GRPO rollouts: in-process engine vs RayEngine with 1 and 2 actors."""
+
+    model: str = "smollm2-135m-instruct"
+    """Policy: name, HF id or local folder (loaded once here; the actors get it through the object store)."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 where the CPU runs it natively, else fp32), bfloat16, float32."""
+    env: str = "openr/Arithmetic-v0"
+    """Registered env id."""
+    env_kwargs: str = '{"level": 1}'
+    """JSON keyword arguments for gym.make."""
+    threads: int = 1
+    """Torch threads of the in-process engine and of each actor."""
+    actors: tuple[int, ...] = (1, 2)
+    """RayEngine sizes to measure."""
+    in_process: bool = True
+    """Also measure the in-process HFEngine (the baseline of the ratios)."""
+    ray: str | None = None
+    """Ray cluster address (e.g. 127.0.0.1:6379 or auto); default: start a local instance with
+    max(actors) x threads CPUs, bound to 127.0.0.1."""
+    search_problems: int = 4
+    """Problems for beam search (all searched together)."""
+    beam_width: int = 2
+    """Beam search: trajectories kept per problem."""
+    num_expansions: int = 2
+    """Beam search: steps sampled per beam."""
+    rollout_problems: int = 4
+    """GRPO rollouts: problems per update."""
+    group_size: int = 4
+    """GRPO rollouts: samples per problem."""
+    max_steps: int = 2
+    """Reasoning steps per episode."""
+    max_new_tokens: int = 32
+    """Tokens per step."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    broadcasts: int = 3
+    """Weight broadcasts timed per RayEngine (the median is reported)."""
+    grpo_update: bool = True
+    """Time one full GRPO update (rollout + optimisation + broadcast) on the largest RayEngine."""
+    seed: int = 0
+    """Problems and sampling."""
+    out: str = "runs/bench_ray/results.json"
+    """Where the JSON goes."""
+
+
+def _search(engine: Any, config: BenchRayConfig, env: Any, problems: list[dict]) -> dict[str, float]:
+    import agents
+    from agents.search.beam_search import BeamSearchConfig
+
+    agent = agents.BeamSearch(
+        engine,
+        env,
+        BeamSearchConfig(
+            beam_width=config.beam_width,
+            num_expansions=config.num_expansions,
+            max_steps=config.max_steps,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            batch_problems=len(problems),
+            seed=config.seed,
+        ),
+    )
+    return _timed(engine, lambda: agent.solve_many(env, problems), len(problems))
+
+
+def _grpo(engine: Any, config: BenchRayConfig) -> Any:
+    from agents.rl.grpo import GRPO, GRPOConfig
+
+    grpo_config = GRPOConfig(
+        prompts_per_update=config.rollout_problems,
+        group_size=config.group_size,
+        max_steps=config.max_steps,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        bf16=False,
+        verbose=0,
+        seed=config.seed,
+    )
+    return GRPO(engine, config.env, grpo_config, env_kwargs=json.loads(config.env_kwargs))
+
+
+def _rollouts(engine: Any, config: BenchRayConfig) -> dict[str, float]:
+    agent = _grpo(engine, config)
+    return _timed(
+        engine, lambda: agent.collect(config.rollout_problems, config.group_size), config.rollout_problems
+    )
+
+
+def _timed(engine: Any, work: Any, problems: int) -> dict[str, float]:
+    reset = getattr(engine, "reset_prefix_cache", None)
+    if callable(reset):
+        reset()
+    before = engine.stats.snapshot()
+    started = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - started
+    tokens = engine.stats.generated_tokens - before["generated_tokens"]
+    return {
+        "seconds": seconds,
+        "generated_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "problems_per_s": problems / seconds,
+        "engine_calls": engine.stats.calls - before["calls"],
+    }
+
+
+def _measure(
+    name: str, engine: Any, config: BenchRayConfig, env: Any, problems: list[dict]
+) -> dict[str, Any]:
+    engine.generate(["Warm-up: 1 + 1 ="], max_new_tokens=4, temperature=0)  # lazy initialisation, not timed
+    row: dict[str, Any] = {"engine": name}
+    row["search"] = _search(engine, config, env, problems)
+    row["rollouts"] = _rollouts(engine, config)
+    print(
+        f"{name:>12}: search {row['search']['tokens_per_s']:.1f} tok/s, "
+        f"rollouts {row['rollouts']['tokens_per_s']:.1f} tok/s",
+        flush=True,
+    )
+    return row
+
+
+def _broadcast(engine: Any, model: Any, times: int) -> float:
+    seconds = []
+    for _ in range(times):
+        engine.update_weights(model)
+        seconds.append(engine.last_broadcast_seconds)
+    return statistics.median(seconds)
+
+
+def _grpo_update(engine: Any, config: BenchRayConfig) -> dict[str, float]:
+    agent = _grpo(engine, config)
+    agent.model.train()
+    started = time.perf_counter()
+    agent.update()
+    total = time.perf_counter() - started
+    rollout = agent.last_rollout_stats["time/rollout_seconds"]
+    broadcast = engine.last_broadcast_seconds or 0.0
+    return {
+        "total_seconds": total,
+        "rollout_seconds": rollout,
+        "broadcast_seconds": broadcast,
+        "optimise_seconds": total - rollout - broadcast,
+    }
+
+
+def _table(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> str:
+    lines = [
+        "| engine | search tok/s | search problems/s | rollout tok/s | rollout problems/s | search vs in-process "
+        "| rollouts vs in-process | broadcast s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratios = []
+        for key in ("search", "rollouts"):
+            ratios.append(f"{row[key]['tokens_per_s'] / base[key]['tokens_per_s']:.2f}x" if base else "-")
+        broadcast = row.get("broadcast_seconds")
+        lines.append(
+            f"| {row['engine']} | {row['search']['tokens_per_s']:.1f} | {row['search']['problems_per_s']:.3f} | "
+            f"{row['rollouts']['tokens_per_s']:.1f} | {row['rollouts']['problems_per_s']:.3f} | {ratios[0]} | "
+            f"{ratios[1]} | {'-' if broadcast is None else f'{broadcast:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(config: BenchRayConfig) -> dict[str, Any]:
+    import gymnasium as gym
+    import torch
+
+    import reasoning_gym  # noqa: F401 - registers the envs
+    from agents.engines import HFEngine, RayEngine, load_model
+    from agents.engines.hardware import hardware_info
+    from agents.engines.ray_engine import connect
+    from experiments.benchmark import draw_problems
+
+    torch.set_num_threads(config.threads)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+    model, tokenizer = load_model(config.model, dtype=config.dtype)
+    env = gym.make(config.env, **json.loads(config.env_kwargs))
+    problems = draw_problems(env, config.search_problems, config.seed)
+    rows: list[dict[str, Any]] = []
+    base = None
+    if config.in_process:
+        base = _measure(
+            "in-process", HFEngine(model, tokenizer, num_threads=config.threads), config, env, problems
+        )
+        rows.append(base)
+    ray = connect(config.ray, num_cpus=max(config.actors) * config.threads if config.ray is None else None)
+    update = None
+    for count in config.actors:
+        with RayEngine(model, tokenizer, num_actors=count, threads_per_actor=config.threads) as engine:
+            row = _measure(f"{count} actor{'s' * (count > 1)}", engine, config, env, problems)
+            row["broadcast_seconds"] = _broadcast(engine, model, config.broadcasts)
+            row["actors"] = [{k: v for k, v in info.items() if k != "name"} for info in engine.actor_info]
+            if config.grpo_update and count == max(config.actors):
+                update = _grpo_update(engine, config)
+            rows.append(row)
+    nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")]
+    table = _table(rows, base)
+    print(table)
+    if update:
+        print("GRPO update on the largest RayEngine: " + ", ".join(f"{k} {v:.2f}" for k, v in update.items()))
+    result = {
+        "config": asdict(config),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ray_nodes": nodes,
+        "rows": rows,
+        "grpo_update": update,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "hardware": hardware_info(model_dtype=next(model.parameters()).dtype),
+        "load_average": os.getloadavg(),
+        "table": table,
+    }
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(BenchRayConfig, description=__doc__))
