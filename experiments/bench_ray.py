@@ -103,7 +103,7 @@ def _grpo(engine: Any, config: BenchRayConfig) -> Any:
         max_steps=config.max_steps,
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
-        bf16=False,
+        autocast="off",
         verbose=0,
         seed=config.seed,
     )

@@ -59,6 +59,11 @@ class BenchmarkConfig:
     threads: int | None = None
     """Torch threads for the hf engine; default: 1 when the machine is busy (load average >= cores), else all
     cores (a busy 2-core machine ran 20x faster with 1 thread than with 2)."""
+    ray: str | None = None
+    """Run the engine as actors on a Ray cluster (``agents.engines.RayEngine``, docs/distributed.md): its address
+    (``host:6379``, ``auto``) or ``local`` (a private instance on this machine); default: in-process."""
+    actors: int = 2
+    """Engine actors with ``--ray`` (each with ``--threads`` threads, default 1)."""
     instruction: str | None = None
     """Replace the env's instruction (env argument)."""
     prm: str | None = None
@@ -114,6 +119,16 @@ def draw_problems(env: Any, num_problems: int, seed: int) -> list[dict[str, str]
 def build_engine(args: BenchmarkConfig) -> Any:
     from agents import engines
 
+    if args.ray:
+        return engines.RayEngine(
+            args.model,
+            num_actors=args.actors,
+            backend=args.engine,
+            threads_per_actor=args.threads or 1,
+            engine_kwargs={"dtype": args.dtype, **({"seed": args.seed} if args.engine == "vllm" else {})},
+            address=args.ray,
+            seed=args.seed,
+        )
     if args.engine == "vllm":
         return engines.VLLMEngine(args.model, dtype=args.dtype, seed=args.seed)
     return engines.HFEngine(args.model, dtype=args.dtype, num_threads=args.threads)

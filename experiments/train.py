@@ -92,7 +92,12 @@ class TrainScriptConfig:
     eval_temperature: float = 1.0
     """Sampling temperature for pass@k."""
     threads: int | None = None
-    """Torch CPU threads (default: all CPUs this process may use)."""
+    """Torch CPU threads (default: all CPUs this process may use; with ``--ray``: per engine actor, default 1)."""
+    ray: str | None = None
+    """Generate on engine actors on a Ray cluster (``agents.engines.RayEngine``, docs/distributed.md): its
+    address (``host:6379``, ``auto``) or ``local`` (a private instance on this machine); default: in-process."""
+    actors: int = 2
+    """Engine actors with ``--ray``; the trainer sends them the new weights after each update."""
     max_minutes: float | None = None
     """Stop training after this wall time."""
 
@@ -219,7 +224,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_policy(args.model, args.init)
-    engine = HFEngine(model, tokenizer, num_threads=args.threads)
+    if args.ray:
+        from agents.engines import RayEngine
+
+        engine = RayEngine(
+            model, tokenizer, num_actors=args.actors, threads_per_actor=args.threads or 1, address=args.ray
+        )
+    else:
+        engine = HFEngine(model, tokenizer, num_threads=args.threads)
     agent_class = _import(AGENTS[type(config)])
     agent = agent_class(engine, args.env, config, env_kwargs=env_kwargs)
     agent_name = agent_class.__name__.lower()

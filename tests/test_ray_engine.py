@@ -111,7 +111,7 @@ def test_trainer_update_reaches_every_actor(engine, tokenizer):
         max_steps=1,
         learning_rate=5e-3,
         kl_coef=0.0,
-        bf16=False,
+        autocast="off",
         verbose=0,
         seed=0,
     )

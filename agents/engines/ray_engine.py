@@ -287,7 +287,8 @@ class RayEngine(TokenizerPrompts):
     ) -> None:
         if num_actors < 1 or max_attempts < 1 or request_timeout <= 0:
             raise ValueError("need num_actors >= 1, max_attempts >= 1 and request_timeout > 0")
-        ray = connect(address)
+        # A private local instance gets at least the CPUs asked for (Ray's CPUs are a count, not a pinning).
+        ray = connect(address, num_cpus=max(os.cpu_count() or 1, num_actors * threads_per_actor))
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
