@@ -14,6 +14,8 @@ Examples::
         --init runs/sft/agent --steps 20 --eval-every 5 --group-size 8 --log-dir runs/grpo --save runs/grpo/agent
     # OREO from the warm-start on recorded trajectories (or iterative: --collect-problems 8)
     python -m experiments.train oreo --init runs/sft/agent --data-files runs/traj.jsonl --steps 20 --log-dir runs/oreo
+    # a checkpoint every 5 updates; after a kill, the same command with --resume continues exactly
+    python -m experiments.train grpo --init runs/sft/agent --steps 200 --log-dir runs/grpo --checkpoint-every 5 --resume
     # pass@1 / pass@8 per level of a saved policy
     python -m experiments.train --eval-only --init runs/sft/agent --levels 1 2 3 --eval-problems 50 --pass-k 8
 
@@ -100,6 +102,15 @@ class TrainScriptConfig:
     """Engine actors with ``--ray``; the trainer sends them the new weights after each update."""
     max_minutes: float | None = None
     """Stop training after this wall time."""
+    checkpoint_every: int = 0
+    """Write a resumable checkpoint (weights, optimizer, RNG streams, counters) every N updates (0: never)."""
+    checkpoint_dir: str | None = None
+    """Where checkpoints go (``checkpoint_<updates>`` folders); default ``<log-dir>/checkpoints``."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept (older ones are deleted once a newer one is complete)."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in the checkpoint dir (a fresh start when there is none), exactly
+    as ``agent.load_checkpoint``: ``--steps`` counts updates in total, the log dir's ``progress.csv`` is continued."""
 
 
 def parse_args(argv: list[str] | None = None) -> TrainScriptConfig:
@@ -206,6 +217,13 @@ def plot_progress(csv_path: Path, png_path: Path, title: str = "") -> Path | Non
     return png_path
 
 
+def checkpoint_folder(args: TrainScriptConfig, log_dir: Path | None) -> Path | None:
+    """``--checkpoint-dir``, else ``<log-dir>/checkpoints`` (None when neither is given)."""
+    if args.checkpoint_dir:
+        return Path(args.checkpoint_dir)
+    return log_dir / "checkpoints" if log_dir else None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
 
@@ -214,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import reasoning_gym  # noqa: F401
     from agents.engines import HFEngine
     from agents.engines.hardware import autocast_dtype, device_of, hardware_info
-    from agents.rl.callbacks import EvalCallback
+    from agents.rl.callbacks import CheckpointCallback, EvalCallback
+    from agents.rl.checkpoint import latest_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -235,11 +254,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     agent_class = _import(AGENTS[type(config)])
     agent = agent_class(engine, args.env, config, env_kwargs=env_kwargs)
     agent_name = agent_class.__name__.lower()
+    checkpoint_dir = checkpoint_folder(args, log_dir)
+    if (args.resume or args.checkpoint_every) and checkpoint_dir is None:
+        raise SystemExit("--resume and --checkpoint-every need --checkpoint-dir or --log-dir")
+    resumed_from = latest_checkpoint(checkpoint_dir) if args.resume and checkpoint_dir else None
+    if resumed_from is not None:
+        agent.load_checkpoint(resumed_from)
+        print(f"resumed from {resumed_from} ({agent.num_timesteps} updates done)", flush=True)
     started = time.time()
     results: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "agent": agent_name,
         "config": dataclasses.asdict(args),
+        "resumed_from": str(resumed_from) if resumed_from else None,
         "hardware": hardware_info(
             model_dtype=next(model.parameters()).dtype,
             autocast=autocast_dtype(config.autocast, device_of(model)),
@@ -264,7 +291,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.max_minutes:
             deadline = started + 60 * args.max_minutes
             callbacks.append(lambda locals_, globals_: time.time() < deadline)
-        agent.learn(args.steps, callback=callbacks or None)
+        if args.checkpoint_every and checkpoint_dir:  # last, so a checkpoint holds what the others did
+            callbacks.append(
+                CheckpointCallback(args.checkpoint_every, checkpoint_dir, keep_last=args.keep_checkpoints)
+            )
+        agent.learn(max(0, args.steps - agent.num_timesteps), callback=callbacks or None)
         if evaluator:
             if not evaluator.history or evaluator.history[-1][0] != agent.num_timesteps:
                 evaluator.num_timesteps = agent.num_timesteps
