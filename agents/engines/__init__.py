@@ -1,45 +1,19 @@
 """LLM engines: one batched interface over transformers, vLLM, OpenAI-compatible servers and Ray engine actors.
 
-Heavy backends (torch, transformers, vllm, ray) load on first attribute access, so ``import agents.engines`` is cheap.
+Exports are lazy (``lazy_loader``): torch, transformers, vllm and ray load on first use, so ``import agents.engines``
+is cheap.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-import importlib
-from typing import Any
-
-from .base import Completion, Engine, FinishReason, GenerationStats, Prompt, StepPrompter
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "Completion",
-    "Engine",
-    "FinishReason",
-    "GenerationStats",
-    "HFEngine",
-    "OpenAIEngine",
-    "Prompt",
-    "RayEngine",
-    "StepPrompter",
-    "VLLMEngine",
-    "load_model",
-    "load_tokenizer",
-]
-
-_LAZY = {
-    "HFEngine": ".hf",
-    "VLLMEngine": ".vllm_engine",
-    "OpenAIEngine": ".openai_engine",
-    "RayEngine": ".ray_engine",
-    "load_model": ".models",
-    "load_tokenizer": ".models",
-    "DEFAULT_MODEL": ".models",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "base": ["Completion", "Engine", "FinishReason", "GenerationStats", "Prompt", "StepPrompter"],
+        "hf": ["HFEngine"],
+        "vllm_engine": ["VLLMEngine"],
+        "openai_engine": ["OpenAIEngine"],
+        "ray_engine": ["RayEngine"],
+        "models": ["DEFAULT_MODEL", "load_model", "load_tokenizer"],
+    },
+)
