@@ -104,7 +104,7 @@ def _consistent_value(folder: Path) -> int:
 
 def test_kill_minus_9_during_checkpoint_writes_never_leaves_a_mixed_checkpoint(tmp_path: Path) -> None:
     start = 1
-    for kill in range(3):
+    for kill in range(2):
         script = WRITER.format(root=str(ROOT), start=start, folder=str(tmp_path))
         process = subprocess.Popen(
             [sys.executable, "-c", script],
