@@ -76,8 +76,9 @@ def episode_result(
 
 
 def outcome_of(info: Mapping[str, Any]) -> bool:
-    """Whether a finished episode succeeded: ``correct`` for math envs, ``won`` for text games."""
-    return bool(info.get("correct", info.get("won", False)))
+    """Whether a finished episode succeeded: SB3's ``info["is_success"]``, which every ``openr/*`` env reports
+    (``correct`` / ``won`` are its aliases)."""
+    return bool(info.get("is_success", False))
 
 
 class Agent:

@@ -291,5 +291,6 @@ class ReasoningEnv(gym.Env[str, str]):
             "invalid_reason": "; ".join(invalid_reasons),
         }
         if self._correct is not None:
-            info["correct"] = self._correct
+            info["correct"] = self._correct  # alias of is_success, present once an answer was judged
+        info["is_success"] = bool(self._correct)  # SB3's key: final at the episode's end
         return info

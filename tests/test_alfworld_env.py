@@ -66,7 +66,14 @@ def test_real_game_planner_expert_wins(real_env) -> None:
     for command in plan:
         obs, reward, terminated, truncated, info = real_env.step(command)
         rewards.append(reward)
-    assert terminated and not truncated and info["won"] and rewards[-1] == 1.0 and sum(rewards) == 1.0
+    assert (
+        terminated
+        and not truncated
+        and info["won"]
+        and info["is_success"]
+        and rewards[-1] == 1.0
+        and sum(rewards) == 1.0
+    )
     assert info["steps"] == plan and info["step_index"] == len(plan)
 
 

@@ -90,6 +90,20 @@ def test_wrong_answer_gets_zero_and_custom_rewards():
     assert terminated and reward == -1.0 and info["correct"] is False and info["answer"] == str(wrong)
 
 
+def test_is_success_is_the_one_success_key_with_correct_as_its_alias():
+    env = gym.make("openr/Arithmetic-v0", level=1)
+    _, info = env.reset(seed=0)
+    assert info["is_success"] is False and "correct" not in info
+    _, _, _, truncated, info = env.step("thinking")
+    assert info["is_success"] is False and not truncated
+    answer = env.unwrapped.problem.answer
+    _, _, terminated, _, info = env.step(f"The answer is \\boxed{{{answer}}}.")
+    assert terminated and info["is_success"] is True and info["correct"] is True
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(f"The answer is \\boxed{{{int(answer) + 1}}}.")
+    assert info["is_success"] is False and info["correct"] is False
+
+
 def test_truncates_at_step_budget():
     env = gym.make("openr/Arithmetic-v0", max_episode_steps=3)
     env.reset(seed=0)

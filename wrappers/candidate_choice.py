@@ -419,7 +419,7 @@ class CandidateChoice(gym.Wrapper[np.ndarray, np.int64, str, str], RecordConstru
 
     ## Information
     The wrapped env's info plus ``candidates`` (the texts in slot order), ``choice`` (the text taken),
-    ``invalid_choice``; at the end ``is_success`` (from ``correct`` / ``won``).
+    ``invalid_choice``; at the end ``is_success`` (the env's, as a bool).
 
     ## Arguments
     ``engine`` (any ``agents.engines`` engine; None to run from ``cache`` alone, or, for admissible commands, from
@@ -606,7 +606,7 @@ class CandidateChoice(gym.Wrapper[np.ndarray, np.int64, str, str], RecordConstru
         info["invalid_choice"] = invalid
         reward = float(reward) - (self.invalid_choice_penalty if invalid else 0.0)
         if terminated or truncated:
-            info["is_success"] = bool(info.get("correct", info.get("won", False)))
+            info["is_success"] = bool(info.get("is_success", False))
             info["candidates"] = []
             self._candidates, self._active = [], False
             features = np.zeros(self.observation_space.shape, dtype=np.float32)

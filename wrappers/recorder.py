@@ -25,7 +25,7 @@ Schema (``"schema": "openr-gym/trajectory/v1"``), one object per line:
 ``return``          sum of ``rewards``
 ``length``          number of step calls
 ``terminated``      bool; ``truncated``: bool
-``correct``         ``info["correct"]`` (or ``info["won"]``) at the end, or null
+``correct``         ``info["is_success"]`` at the end, or null when the env does not report it
 ``answer``          the final answer stated (``info["answer"]``) or null
 ``reference_answer`` only with ``record_reference=True`` (trusted data; never shown to the policy)
 ``seed``            the seed passed to ``reset`` or null
@@ -235,7 +235,7 @@ class TrajectoryRecorder(gym.Wrapper[str, str, str, str], RecordConstructorArgs)
     def _finish(
         self, episode: dict[str, Any], info: dict[str, Any], terminated: bool, truncated: bool
     ) -> None:
-        correct = info.get("correct", info.get("won"))
+        correct = info.get("is_success")
         episode.update(
             {
                 "return": float(sum(episode["rewards"])),

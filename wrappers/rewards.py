@@ -113,8 +113,8 @@ class OutcomeReward(gym.Wrapper[str, str, str, str], RecordConstructorArgs):
     terminates, ``unfinished_reward`` when it is truncated without an answer, 0 before.
 
     With ``judger`` (e.g. ``rewards.MathJudger()`` or an ``LLMJudge``) the steps joined by the env's delimiter are
-    judged against ``env.unwrapped.problem.answer``; without one the env's own verdict (``info["correct"]``, or
-    ``info["won"]`` for ALFWorld) is used. Sets ``info["correct"]``.
+    judged against ``env.unwrapped.problem.answer``; without one the env's own verdict (``info["is_success"]``) is
+    used. Sets ``info["is_success"]`` (and its alias ``info["correct"]``) to the verdict.
     """
 
     def __init__(
@@ -142,7 +142,7 @@ class OutcomeReward(gym.Wrapper[str, str, str, str], RecordConstructorArgs):
 
     def _verdict(self, info: dict[str, Any]) -> bool:
         if self.judger is None:
-            return bool(info.get("correct", info.get("won", False)))
+            return bool(info.get("is_success", False))
         delimiter = getattr(self.env.unwrapped, "step_delimiter", "\n\n")
         reference = self.env.unwrapped.problem.answer
         return bool(self.judger.judge(delimiter.join(info.get("steps", [])), reference))
@@ -152,8 +152,8 @@ class OutcomeReward(gym.Wrapper[str, str, str, str], RecordConstructorArgs):
         reward = 0.0
         if terminated:
             info = dict(info)
-            info["correct"] = self._verdict(info)
-            reward = self.correct_reward if info["correct"] else self.incorrect_reward
+            info["is_success"] = info["correct"] = self._verdict(info)
+            reward = self.correct_reward if info["is_success"] else self.incorrect_reward
         elif truncated:
             reward = self.unfinished_reward
         return obs, reward, terminated, truncated, info

@@ -160,7 +160,7 @@ def collect_episodes(
             if done or ran_out or step_index == max_steps - 1:
                 active[i] = False
                 episode.terminated = bool(terminated[i])
-                episode.correct = bool(info.get("correct", info.get("won", False)))
+                episode.correct = bool(info.get("is_success", False))
     return episodes
 
 

@@ -44,6 +44,7 @@ class DigitsEnv(gym.Env[str, str]):
             "steps": [text],
             "instruction": self.instruction,
             "correct": reward > 0.5,
+            "is_success": reward > 0.5,
         }
         return self.question, float(reward), True, False, info
 

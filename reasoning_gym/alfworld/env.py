@@ -289,6 +289,7 @@ class ALFWorldEnv(gym.Env[str, str]):
             "instruction": self.instruction,
             "admissible_commands": list(self._admissible),
             "won": self._won,
+            "is_success": self._won,  # SB3's key (``won`` is its alias); final at the episode's end
             "steps": list(self._steps),
             "step_index": len(self._steps),
             "feedback": self._feedback,
