@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from reasoning_gym.base import ProblemSource, ReasoningEnv
-from reasoning_gym.data import Problem
+from reasoning_gym.data import Problem, parse_levels
 
 __all__ = ["LEVELS", "ArithmeticEnv", "ArithmeticSource", "generate_problem"]
 
@@ -50,7 +50,7 @@ _ITEMS = (
     "books",
     "cards",
 )
-_ID = re.compile(r"^L(\d+)-(\d+)$")
+_ID = re.compile(r"^L(\d{1,3})-(\d{1,19})$")
 
 
 @dataclass(frozen=True)
@@ -164,11 +164,10 @@ class ArithmeticSource(ProblemSource):
     max_question_chars = 512
     _MAX_SEED = 2**31 - 1
 
-    def __init__(self, levels: Iterable[int]) -> None:
-        self.levels = tuple(sorted(set(int(level) for level in levels)))
-        unknown = [level for level in self.levels if level not in LEVELS]
-        if not self.levels or unknown:
-            raise ValueError(f"levels must be a non-empty subset of {sorted(LEVELS)}, got {self.levels}")
+    def __init__(self, levels: int | Iterable[int]) -> None:
+        self.levels = tuple(sorted(parse_levels(levels, allowed=LEVELS) or ()))
+        if not self.levels:
+            raise ValueError(f"levels must be a non-empty subset of {sorted(LEVELS)}, got {levels!r}")
 
     def sample(self, rng: np.random.Generator) -> Problem:
         level = self.levels[int(rng.integers(len(self.levels)))]
@@ -176,9 +175,10 @@ class ArithmeticSource(ProblemSource):
 
     def get(self, problem_id: str) -> Problem:
         match = _ID.match(str(problem_id))
-        if not match:
+        if not match or int(match.group(1)) not in LEVELS:
             raise KeyError(
-                f"openr/Arithmetic-v0: problem ids look like 'L1-42' (level-seed), got {problem_id!r}"
+                f"openr/Arithmetic-v0: problem ids look like 'L1-42' (level-seed: a level in {sorted(LEVELS)}, a seed of "
+                f"at most 19 digits), got {problem_id!r}"
             )
         return generate_problem(int(match.group(1)), int(match.group(2)))
 
@@ -202,6 +202,6 @@ class ArithmeticEnv(ReasoningEnv):
     def __init__(self, level: int | None = None, levels: Iterable[int] | None = None, **kwargs: Any) -> None:
         if level is not None and levels is not None:
             raise ValueError("give level or levels, not both")
-        chosen = [level] if level is not None else (list(levels) if levels is not None else [1])
+        chosen = level if level is not None else (levels if levels is not None else [1])
         kwargs.setdefault("max_steps", 10)
         super().__init__(ArithmeticSource(chosen), **kwargs)

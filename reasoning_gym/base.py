@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -106,13 +106,40 @@ class ListSource(ProblemSource):
 
     def get(self, problem_id: str) -> Problem:
         if problem_id not in self._by_id:
+            examples = ", ".join(repr(problem.id) for problem in self.problems[:3])
             raise KeyError(
-                f"{self.env_id}: unknown problem_id {problem_id!r} ({len(self.problems)} problems loaded)"
+                f"{self.env_id}: unknown problem_id {problem_id!r}; {len(self.problems)} problems are loaded, with "
+                f"ids like {examples} (env.unwrapped.source.problems lists them)"
             )
         return self.problems[self._by_id[problem_id]]
 
     def __len__(self) -> int:
         return len(self.problems)
+
+
+RESET_OPTIONS = ("problem_id",)
+
+
+def _problem_id_option(options: Any) -> str | None:
+    """The ``problem_id`` of ``reset(options=...)`` (None: sample one); anything else is a clear error."""
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"reset(options=...) must be a dict such as {{'problem_id': ...}} (valid keys: {list(RESET_OPTIONS)}), "
+            f"got {type(options).__name__}"
+        )
+    unknown = sorted(str(key) for key in options if key not in RESET_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; valid options: {list(RESET_OPTIONS)}")
+    problem_id = options.get("problem_id")
+    if problem_id is None:
+        return None
+    if not isinstance(problem_id, (str, int, np.integer)) or isinstance(problem_id, bool):
+        raise TypeError(
+            f"options['problem_id'] must be a str, got {type(problem_id).__name__}: {problem_id!r}"
+        )
+    return str(problem_id)
 
 
 class ReasoningEnv(gym.Env[str, str]):
@@ -199,11 +226,8 @@ class ReasoningEnv(gym.Env[str, str]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
-        options = options or {}
-        if options.get("problem_id") is not None:
-            problem = self.source.get(str(options["problem_id"]))
-        else:
-            problem = self.source.sample(self.np_random)
+        problem_id = _problem_id_option(options)
+        problem = self.source.sample(self.np_random) if problem_id is None else self.source.get(problem_id)
         if len(problem.question) > self.source.max_question_chars:
             raise ValueError(f"problem {problem.id} is longer than the observation space allows")
         self.problem = problem

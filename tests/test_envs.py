@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 
@@ -251,3 +252,121 @@ def test_fuzzed_actions_never_raise():
         assert env.observation_space.contains(obs)
         if terminated or truncated:
             env.reset()
+
+
+# -- data loading and reset options: every bad input gets a message saying what is wrong with which file ----------
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_empty_file_is_named_as_empty(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DatasetNotFoundError, match=r"empty\.jsonl' is empty"):
+        gym.make("openr/MATH-v0", data_path=str(empty))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(DatasetNotFoundError, match="holds no \\*.jsonl files"):
+        gym.make("openr/GSM8K-v0", data_path=str(folder))
+
+
+def test_a_file_of_the_other_dataset_says_so(tmp_path, gsm8k_path, math500_path):
+    with pytest.raises(DatasetNotFoundError, match="not in the MATH .*GSM8K file"):
+        gym.make("openr/MATH-v0", data_path=str(gsm8k_path))
+    with pytest.raises(DatasetNotFoundError, match="not in the GSM8K schema.*MATH file"):
+        gym.make("openr/GSM8K-v0", data_path=str(math500_path))
+
+
+def test_rows_without_answers_are_skipped_with_a_warning(tmp_path):
+    row = {"problem": "1+1?", "solution": "\\boxed{2}", "subject": "Algebra", "level": "Level 1"}
+    path = _write_jsonl(
+        tmp_path / "math.jsonl",
+        [
+            {**row, "answer": "2", "unique_id": "a"},
+            {**row, "answer": "", "unique_id": "b"},
+            {**row, "unique_id": "c"},
+        ],
+    )
+    with pytest.warns(UserWarning, match=r"skipped 2 row\(s\) of '.*math\.jsonl' without an answer.*: b, c"):
+        env = gym.make("openr/MATH-v0", data_path=path)
+    assert [p.id for p in env.unwrapped.source.problems] == ["a"]
+    only_blank = _write_jsonl(tmp_path / "blank.jsonl", [{**row, "answer": " ", "unique_id": "b"}])
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(DatasetNotFoundError, match="no row with both a problem and an answer"),
+    ):
+        gym.make("openr/MATH-v0", data_path=only_blank)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(DatasetNotFoundError, match=r"levels=\[4\].*it has levels \[1\]"),
+    ):
+        gym.make("openr/MATH-v0", data_path=path, levels=[4])
+
+
+def test_the_shared_math_train_file_skips_its_rows_without_answers(data_dir):
+    from reasoning_gym.data import load_math
+
+    path = data_dir / "math" / "train.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with pytest.warns(UserWarning, match="number_theory/7115.json, train/number_theory/7117.json"):
+        problems = load_math(path, levels=[5], subjects=["Number Theory"])
+    assert all(problem.answer.strip() for problem in problems)
+
+
+def test_a_missing_path_is_an_error_about_the_path_never_a_hub_lookup(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(
+        sys.modules, "datasets", None
+    )  # any hub lookup would fail with "datasets ... not installed"
+    monkeypatch.chdir(tmp_path)
+    for missing in ("data/test.jsonl", "data/math/test500", "./x", "~/nope/file.jsonl", "one_word"):
+        with pytest.raises(DatasetNotFoundError, match="no such file or folder"):
+            gym.make("openr/MATH-v0", data_path=missing)
+    with pytest.raises(DatasetNotFoundError, match="hub"):  # owner/name: a hub dataset is meant
+        gym.make("openr/MATH-v0", data_path="someone/some-dataset")
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ("L1-3", TypeError, r"must be a dict such as \{'problem_id'"),
+        (["problem_id", "L1-3"], TypeError, "valid keys"),
+        (
+            {"problemid": "L1-3"},
+            ValueError,
+            r"unknown reset option\(s\) \['problemid'\]; valid options: \['problem_id'\]",
+        ),
+        ({"problem_id": 1.5}, TypeError, "must be a str"),
+        ({"problem_id": "L9-3"}, KeyError, r"level-seed: a level in \[1, 2, 3, 4, 5\]"),
+        ({"problem_id": "L1-" + "9" * 5000}, KeyError, "level-seed"),
+        ({"problem_id": "L1.5-3"}, KeyError, "level-seed"),
+    ],
+)
+def test_bad_reset_options_name_the_valid_ones(options, error, message):
+    env = gym.make("openr/Arithmetic-v0")
+    with pytest.raises(error, match=message):
+        env.reset(options=options)
+
+
+def test_unknown_math_problem_id_shows_real_ids(math500_path):
+    env = gym.make("openr/MATH-v0", data_path=str(math500_path))
+    with pytest.raises(KeyError, match=r"500 problems are loaded, with ids like 'test/"):
+        env.reset(options={"problem_id": "precalculus/807"})
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"level": 1.7}, {"levels": [1, 2.5]}, {"level": True}, {"level": "2"}, {"level": 9}]
+)
+def test_levels_must_be_integers_in_range(kwargs):
+    with pytest.raises(ValueError, match="levels must be"):
+        gym.make("openr/Arithmetic-v0", **kwargs)
+
+
+def test_math_levels_must_be_integers(math500_path):
+    with pytest.raises(ValueError, match="levels must be integers"):
+        gym.make("openr/MATH-v0", data_path=str(math500_path), levels=[1.7])
+    env = gym.make("openr/MATH-v0", data_path=str(math500_path), levels=2)  # one level as a plain int
+    assert {p.meta["level"] for p in env.unwrapped.source.problems} == {2}

@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 
 from rewards import MathJudger, extract_answer
-from rewards.judge import normalize_reference
+from rewards.judge import normalize_reference, rule_verdict
 
 
 @pytest.fixture(scope="module")
 def judger():
-    return MathJudger(timeout=5.0)
+    judger = MathJudger(timeout=5.0)
+    assert (
+        judger.warm_up()
+    )  # verdict tests must not spend their limit on the verifier's start on a loaded machine
+    return judger
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,24 @@ def test_perturbed_answers_are_rejected_on_math500(judger, math500):
         ("\\boxed{1,000}", "1000"),
         ("\\boxed{18}", "Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 18"),
         ("\\boxed{x = 3}", "3"),
+        # subscripted names are variables, not numbers in a base (math-verify accepts these)
+        ("\\boxed{3}", "a_1 = 3"),
+        ("\\boxed{x_2=3, x_1=2}", "x_1=2, x_2=3"),
+        ("\\boxed{152A_{11}}", "152A_{11}"),
+        # one decimal policy on both paths (reasoning_gym.judging.decimals)
+        ("\\boxed{0.0833333333333333}", "1/12"),
+        ("\\boxed{1/12}", "0.0833333333333333"),
+        ("\\boxed{1.4142135624}", "\\sqrt{2}"),
+        ("\\boxed{0.333333}", "\\frac13"),
+        (
+            "\\boxed{0.717439}",
+            "\\frac{\\sqrt{3}}{1+\\sqrt{2}}",
+        ),  # outside the exact grammar: the child decides
+        ("\\boxed{7.389056}", "e^{2}"),
+        # the Minerva answer line reads the math and stops at the sentence's end
+        ("The final answer is $\\frac{1}{2}$. I hope it is correct.", "0.5"),
+        ("Final answer: \\(x^2+1\\). Done.", "x^2+1"),
+        ("The answer is 3.5.", "\\frac72"),
     ],
 )
 def test_equivalent_answers_accepted(judger, prediction, reference):
@@ -77,6 +99,21 @@ def test_equivalent_answers_accepted(judger, prediction, reference):
         ("no answer stated 4", "4"),
         ("\\boxed{4", "4"),
         ("", "4"),
+        ("\\boxed{52_9}", "52_{8}"),
+        ("\\boxed{\\text{A6}_{11}}", "\\text{A5}_{11}"),
+        ("\\boxed{a_2 = 3}", "a_1 = 3"),
+        ("\\boxed{0,111}", "111"),  # a list (or nothing), never the number 111
+        ("\\boxed{}", ""),  # an empty reference matches nothing
+        ("The answer is 5", ""),
+        ("\\boxed{5}", "   "),
+        ("\\boxed{0.083333}", "\\frac{1}{12}"),  # 5 significant digits: too few for a non-terminating value
+        ("\\boxed{0.33}", "\\frac13"),
+        ("\\boxed{0.0}", "\\frac{1}{3000000}"),  # math-verify's absolute 6 places would accept this
+        ("\\boxed{5.0000001}", "5"),  # a terminating value must be written exactly
+        ("\\boxed{0.7854}", "\\frac{\\pi}{4}"),
+        ("\\boxed{1.41421356}", "\\frac{\\sqrt{3}}{1+\\sqrt{2}}"),
+        ("\\boxed{7.389}", "e^2"),
+        ("The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac13"),
     ],
 )
 def test_known_false_positives_and_non_answers_rejected(judger, prediction, reference):
@@ -95,6 +132,94 @@ def test_pathological_inputs_return_false_within_limit(bad):
     verdict = judger.judge(f"\\boxed{{{bad}}}", "\\frac{3}{7}")
     assert verdict is False
     assert time.monotonic() - start < 5.0 + 3.0  # the limit plus process start-up; never a hang
+
+
+DECIMAL_POLICY = [  # (decimal, exact value, verdict): the same on the exact rules and in the math-verify child
+    ("0.0833333333333333", "\\frac{1}{12}", True),
+    ("0.0833333", "\\frac{1}{12}", True),
+    ("0.083333", "\\frac{1}{12}", False),
+    ("1.4142135624", "\\sqrt{2}", True),
+    ("1.41421", "\\sqrt{2}", False),
+    ("1.414214", "\\sqrt{2}", True),
+    ("0.785398", "\\frac{\\pi}{4}", True),
+    ("0.0", "\\frac{1}{3000000}", False),
+    ("0.000000333333", "\\frac{1}{3000000}", True),
+    ("5.0000001", "5", False),
+    ("0.1250001", "\\frac18", False),
+]
+
+
+@pytest.mark.parametrize("decimal, exact, verdict", DECIMAL_POLICY)
+def test_one_decimal_policy_on_both_paths(judger, decimal, exact, verdict):
+    from reasoning_gym.judging._verify_worker import verify_pair  # the child's code, run here to compare
+
+    assert rule_verdict(decimal, exact) is verdict
+    assert rule_verdict(exact, decimal) is verdict
+    assert verify_pair(decimal, exact) is verdict and verify_pair(exact, decimal) is verdict
+    assert judger.judge(f"\\boxed{{{decimal}}}", exact) is verdict
+
+
+def test_rows_of_the_issue_reach_math_verify_and_agree_with_it(judger):
+    """Letter-led subscripts are no longer cut short by the base rule; math-verify's verdict stands."""
+    from reasoning_gym.judging._verify_worker import verify_pair
+
+    for prediction, reference in [("3", "a_1 = 3"), ("x_2=3, x_1=2", "x_1=2, x_2=3"), ("a_2 = 3", "a_1 = 3")]:
+        assert rule_verdict(prediction, reference) is None
+        assert judger.judge(f"\\boxed{{{prediction}}}", reference) is verify_pair(prediction, reference)
+
+
+def test_megabyte_predictions_are_judged_within_the_limit():
+    """Extraction is linear (it was quadratic: 32 KB took 8.5 s, 1 MB never finished) and counts against the limit."""
+    judger = MathJudger(timeout=2.0)
+    texts = [
+        "\\boxed{" * 150_000 + "The answer is 5",  # unclosed boxes, then an answer line
+        "The answer is x" + ". " * 500_000 + "5",  # a period-spaced answer line (regex backtracking before)
+        "The answer is 5" + " " * 1_000_000 + ".",
+        "{" * 1_000_000 + "\\boxed{5}",
+        "1" + ",234" * 250_000 + " \\boxed{5}",
+    ]
+    for text in texts:
+        start = time.monotonic()
+        assert judger.judge(text, "5") in (True, False)
+        assert time.monotonic() - start < judger.timeout, text[:20]
+
+
+def test_outcome_reward_over_unclosed_boxes_is_fast():
+    """19 steps of unclosed \\boxed{ then "The answer is 5": 48.8 s on one step before extraction was linear."""
+    import gymnasium as gym
+
+    from wrappers import OutcomeReward
+
+    env = OutcomeReward(gym.make("openr/Arithmetic-v0", level=1, max_steps=30), MathJudger(timeout=2.0))
+    env.reset(seed=0)
+    answer = env.unwrapped.problem.answer
+    width = env.unwrapped.max_step_chars // len("\\boxed{")
+    for _ in range(19):
+        assert env.step("\\boxed{" * width)[2] is False
+    start = time.monotonic()
+    _, reward, terminated, _, info = env.step(f"The answer is {answer}")
+    assert terminated and reward == 1.0 and info["correct"] is True
+    assert time.monotonic() - start < 2.0
+
+
+def test_concurrent_calls_each_keep_their_own_limit(judger):
+    """4 threads at once on inputs slower than the limit: each returns within the limit from its own call (they
+    queued behind one verifier lock before, and the last returned after 8-10 s with a 5 s limit)."""
+    limited = MathJudger(timeout=1.5)
+    slow = "(" * 400 + "{k}" + ")" * 400  # ~2 s of math-verify parsing
+    elapsed = {}
+
+    def run(k: int) -> None:
+        start = time.monotonic()
+        limited.judge(f"\\boxed{{{slow.format(k=k + 1)}}}", "\\frac{3}{7}")
+        elapsed[k] = time.monotonic() - start
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(elapsed) == 4 and max(elapsed.values()) < limited.timeout + 1.0, elapsed
 
 
 def test_works_from_worker_threads(judger):
@@ -161,5 +286,9 @@ def test_extract_answer_rules():
     assert extract_answer("no answer here") is None
     assert extract_answer("The answer to this problem is 10.") == "10"
     assert extract_answer("The answer depends on x.") is None
+    assert extract_answer("The final answer is $\\frac{1}{2}$. I hope it is correct.") == "\\frac{1}{2}"
+    assert extract_answer("The final answer is $x = 1.5$. Next we check.") == "x = 1.5"
+    assert extract_answer("The answer is 3.5.") == "3.5"
+    assert extract_answer("\\boxed{" * 3 + "\\boxed{7}" + "\\fbox{") == "7"
     assert MathJudger().judge("So the answer is 7 apples.", "7")
     assert normalize_reference("blah\n#### 1,234") == "1234"

@@ -89,7 +89,8 @@ UNDECIDED = [  # ambiguous notation or different shapes: math-verify decides, as
     ("e", "2.718281828459045"),
     ("1,2", "(1,2)"),  # a list against a tuple
     ("(0,36)", "(0,9)\\cup[9,36)"),  # a tuple against a union
-    ("0.7071067812", "\\frac{\\sqrt2}{2}"),  # a decimal against a root: rounding is math-verify's call
+    ("(0.7071067812, 1)", "(\\frac{\\sqrt2}{2}, 1)"),  # a decimal inside a tuple: math-verify's rounding
+    ("(0.3333333, 1)", "(\\frac{1}{3}, 1)"),
     ("x^2 = 1", "x = 1"),  # non-linear equations
     ("9^{9^{9^9}}", "\\frac{3}{7}"),
     ("\\sqrt{1000000000000000000001}", "1"),

@@ -14,7 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from decimal import Decimal
 from functools import lru_cache
+
+from reasoning_gym.judging.decimals import (
+    DECIMAL_PLACES,
+    PRECISION,
+    agrees,
+    agrees_with_fraction,
+    decimal_literal,
+)
 
 __all__ = ["main", "verify_pair"]
 
@@ -51,17 +60,41 @@ def _numbers_differ(gold, pred) -> bool:
         return False
 
 
+def _decimal_policy(prediction: str, reference: str, gold, pred) -> bool | None:
+    """A bare decimal against a number: the same policy as the exact rules (``reasoning_gym.judging.decimals``)."""
+    from fractions import Fraction
+
+    import sympy
+
+    for decimal_side, other in ((prediction, gold), (reference, pred)):
+        decimal = decimal_literal(decimal_side)
+        if decimal is None or not getattr(other, "is_number", False):
+            continue
+        if isinstance(other, sympy.Rational):
+            return agrees_with_fraction(decimal, Fraction(int(other.p), int(other.q)))
+        value = other.evalf(PRECISION + 10)
+        if not isinstance(value, sympy.Float):
+            return None  # complex or not evaluable: math-verify decides
+        return agrees(decimal, Decimal(str(value)))
+    return None
+
+
 def verify_pair(prediction: str, reference: str) -> bool:
     """math-verify's equivalence of two extracted answers (gold first: the comparison is not symmetric)."""
     from math_verify import verify
+    from math_verify.utils import timeout
 
     gold = _parse_cached(reference)
     pred = _parse_cached(prediction)
     if not gold or not pred:
         return False
+    policy = timeout(timeout_seconds=1)(_decimal_policy)(prediction, reference, gold[0], pred[0])
+    if policy is not None:
+        return policy
     if _numbers_differ(gold[0], pred[0]):
         return False  # the common wrong-answer case, decided without sympy's simplification passes
-    return bool(verify(gold, pred, float_rounding=10, timeout_seconds=_INNER_TIMEOUT_S))
+    # Inside tuples, sets and intervals a decimal meets math-verify's own rule at its default precision.
+    return bool(verify(gold, pred, float_rounding=DECIMAL_PLACES, timeout_seconds=_INNER_TIMEOUT_S))
 
 
 def main() -> None:

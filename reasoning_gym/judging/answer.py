@@ -19,78 +19,103 @@ __all__ = [
     "normalize_number",
 ]
 
-_BOXED_OPENERS = ("\\boxed{", "\\fbox{")
-_ANSWER_LINE = re.compile(
-    r"(?:final\s+)?answer(?:\s+(?:to|for|of)\s+[^:\n]{0,80}?)?\s*(?:\bis\b\s*:?|:|=)\s*(?P<ans>[^\n]+?)[.\s]*$",
-    re.IGNORECASE,
+_BOXED_OPENER = re.compile(r"\\(?:boxed|fbox)\{")
+# A final-answer line up to the word that introduces the answer; what follows is read by ``_answer_after``.
+# Every repetition is bounded or anchored at a literal, so one search is linear in the line's length.
+_ANSWER_LEAD = re.compile(
+    r"(?:final\s+)?answer(?:\s+(?:to|for|of)\s+[^:\n]{0,80}?)?\s*(?:\bis\b\s*:?|:|=)\s*", re.IGNORECASE
 )
-_HASHES = re.compile(r"####\s*(?P<ans>[^\n]+?)\s*$")
-_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?![\d,])(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
-_GROUPED = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d*)?$")  # 1,234,567: commas only between groups of 3
+_HASHES = re.compile(r"####\s*")
+# Math delimiters (their insides are never a sentence end) and a sentence end: a period before white space.
+_MATH_OR_PERIOD = re.compile(r"\$\$|\$|\\\(|\\\)|\\\[|\\\]|\.(?=\s)")
+_MATH_CLOSER = {"$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}
+_BRACE = re.compile(r"\\[{}]|[{}]")  # escaped braces first: they never open or close a group
+_NUMBER_RUN = re.compile(
+    r"-?\.?\d[\d.,]*"
+)  # a maximal run of digits, points and commas: each character read once
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?|-?\.\d+")
+# 1,234,567: commas only between groups of 3, and a leading group never starts with 0 (0,111 is not 111)
+_GROUPED = re.compile(r"^[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?$")
 _PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)$")
 _TRAILING_WORDS = re.compile(r"(?<=\d)\s+[A-Za-z][A-Za-z ]{0,40}$")
 _MAX_SCAN = 200_000  # characters of a step/response we scan; beyond that only the tail counts
 
 
-def _matching_brace(text: str, open_index: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``open_index``, or -1 when unbalanced (escaped braces skipped)."""
-    depth = 0
-    i = open_index
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\" and i + 1 < n and text[i + 1] in "{}":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
+def _closed_braces(text: str) -> dict[int, int]:
+    """Index of every ``{`` that is closed -> index of its ``}`` (escaped braces skipped); one linear pass."""
+    closing: dict[int, int] = {}
+    open_stack: list[int] = []
+    for match in _BRACE.finditer(text):
+        brace = match.group()
+        if brace == "{":
+            open_stack.append(match.start())
+        elif brace == "}" and open_stack:
+            closing[open_stack.pop()] = match.start()
+    return closing
+
+
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start of content, closing ``}`` or -1 when never closed) of every ``\\boxed{`` / ``\\fbox{``, in order."""
+    openers = [match.end() for match in _BOXED_OPENER.finditer(text)]
+    if not openers:
+        return []
+    closing = _closed_braces(text)
+    return [(start, closing.get(start - 1, -1)) for start in openers]
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, or None."""
+    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, or None.
+
+    A trailing unbalanced one does not hide an earlier complete answer. Linear in ``len(text)``.
+    """
     text = text[-_MAX_SCAN:]
-    best_start = -1
-    best = None
-    for opener in _BOXED_OPENERS:
-        start = text.rfind(opener)
-        # Walk backwards until a complete one is found (a trailing unbalanced one must not hide an earlier answer).
-        while start != -1:
-            close = _matching_brace(text, start + len(opener) - 1)
-            if close != -1:
-                if start > best_start:
-                    best_start, best = start, text[start + len(opener) : close].strip()
-                break
-            start = text.rfind(opener, 0, start)
-    return best
+    for start, close in reversed(_boxed_spans(text)):
+        if close != -1:
+            return text[start:close].strip()
+    return None
 
 
 def has_unbalanced_boxed(text: str) -> bool:
     """True when some ``\\boxed{`` is never closed (a malformed final answer)."""
-    text = text[-_MAX_SCAN:]
-    for opener in _BOXED_OPENERS:
-        start = text.find(opener)
-        while start != -1:
-            if _matching_brace(text, start + len(opener) - 1) == -1:
-                return True
-            start = text.find(opener, start + 1)
-    return False
+    return any(close == -1 for _, close in _boxed_spans(text[-_MAX_SCAN:]))
+
+
+def _answer_after(rest: str) -> str:
+    """The answer at the start of ``rest``: up to the end of its sentence (a period before white space outside
+    ``$...$`` / ``\\(...\\)``), so "$\\frac{1}{2}$. I hope it is correct." reads ``\\frac{1}{2}``."""
+    closer = None
+    end = len(rest)
+    for match in _MATH_OR_PERIOD.finditer(rest):
+        token = match.group()
+        if closer is not None:
+            if token == closer:
+                closer = None
+        elif token in _MATH_CLOSER:
+            closer = _MATH_CLOSER[token]
+        elif token == ".":
+            end = match.start()
+            break
+    answer = rest[:end].strip().rstrip(".").strip()
+    for opener, math_closer in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if answer.startswith(opener) and answer.endswith(math_closer) and len(answer) > len(opener):
+            answer = answer[len(opener) : len(answer) - len(math_closer)]
+            break
+    return answer.strip().strip("$").strip()
 
 
 def extract_final_answer_line(text: str) -> str | None:
-    """The answer of a final-answer line ("The answer is 7.", "Final answer: 7", "#### 7"), or None."""
-    lines = [line for line in text[-_MAX_SCAN:].splitlines() if line.strip()]
-    if not lines:
+    """The answer of a final-answer line ("The answer is 7.", "Final answer: 7", "#### 7"), or None.
+
+    Only the last non-blank line counts; the answer ends at its sentence's end. Linear in ``len(text)``.
+    """
+    lines = text[-_MAX_SCAN:].splitlines()
+    last = next((line for line in reversed(lines) if line.strip()), None)
+    if last is None:
         return None
-    for pattern in (_HASHES, _ANSWER_LINE):
-        match = pattern.search(lines[-1])
+    for pattern in (_HASHES, _ANSWER_LEAD):
+        match = pattern.search(last)
         if match:
-            answer = match.group("ans").strip().rstrip(".").strip().strip("$").strip()
+            answer = _answer_after(last[match.end() :])
             if answer:
                 return answer
     return None
@@ -108,7 +133,15 @@ def extract_answer(text: str) -> str | None:
 
 def last_number(text: str) -> str | None:
     """The last number written in ``text`` (commas removed), the fallback GSM8K-style graders use."""
-    matches = _NUMBER.findall(text[-_MAX_SCAN:])
+    runs = _NUMBER_RUN.findall(text[-_MAX_SCAN:])
+    if not runs:
+        return None
+    run = runs[-1].rstrip(".,")
+    if _GROUPED.match(run):  # 1,234,567
+        return normalize_number(run)
+    matches = _NUMBER.findall(
+        run.rsplit(",", 1)[-1]
+    )  # "3,5,7" -> 7; "0,111" -> 111 only as the last of a list
     return normalize_number(matches[-1]) if matches else None
 
 

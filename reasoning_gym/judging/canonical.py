@@ -4,9 +4,11 @@ Why: math-verify parses LaTeX with ANTLR and compares with sympy, 5-12 ms of CPU
 judger at a few hundred judgements per second. Most MATH answers (integers, decimals, fractions, ``a\\sqrt{b}``,
 multiples of ``\\pi``, polynomials, tuples, intervals, lists, matrices, one-word text) need none of that: they have
 a *unique* exact form, so two answers in the grammar are equal exactly when their forms are equal, and unequal
-otherwise. ``decide(prediction, reference)`` returns that verdict, or None when either side leaves the grammar, the
-two sides have different shapes, or a decimal meets a root or pi (rounding conventions: math-verify then decides, as
-before). A division by zero has no value and equals no answer in the grammar.
+otherwise. ``decide(prediction, reference)`` returns that verdict, or None when either side leaves the grammar or the
+two sides have different shapes. A bare decimal against a constant it does not equal exactly (``1.4142135624`` vs
+``\\sqrt{2}``) is judged by the one policy of ``reasoning_gym.judging.decimals``; a decimal inside a tuple or set
+against a root, pi or fraction is left to math-verify's rounding. A division by zero has no value and equals no answer
+in the grammar.
 
 The scalar form is a polynomial in (lower-cased) letter variables whose coefficients are exact sums of
 ``c * sqrt(m) * pi**k`` (``c`` rational, ``m`` square-free, ``k`` an integer): square roots of distinct square-free
@@ -24,9 +26,12 @@ from __future__ import annotations
 import math
 import re
 import threading
+from decimal import Decimal, localcontext
 from fractions import Fraction
 from functools import lru_cache
 from math import gcd, isqrt
+
+from reasoning_gym.judging.decimals import PRECISION, agrees, agrees_with_fraction, decimal_literal
 
 __all__ = ["Answer", "decide", "parse_answer"]
 
@@ -66,7 +71,7 @@ _THOUSANDS = re.compile(r"(?:^|[^\d.])\d{1,3}(?:,\s*\d{3})+(?![\d.])")
 _OPEN = {"(", "[", "{", "\\{"}
 _CLOSE = {")", "]", "}", "\\}"}
 _DECIMAL = re.compile(r"\d?\.\d")
-_IRRATIONAL = re.compile(r"\\sqrt|\\pi")
+_INEXACT = re.compile(r"\\sqrt|\\pi|\\[dt]?frac|/")
 _GROUPED_NUMBER = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
@@ -631,6 +636,39 @@ def _verdict(pred: Answer, ref: Answer) -> bool | None:
     return pred[1] == ref[1]
 
 
+_PI = Decimal(
+    "3.14159265358979323846264338327950288419716939937510582097494459230781640628620899862803482534211706798"
+)
+
+
+def _decimal_value(poly: Poly) -> Decimal | None:
+    """A constant scalar to ``decimals.PRECISION`` digits (None when it has variables)."""
+    with localcontext() as context:
+        context.prec = PRECISION + 10
+        total = Decimal(0)
+        for (m, p, variables), c in poly.items():
+            if variables:
+                return None
+            term = Decimal(c.numerator) / Decimal(c.denominator) * Decimal(m).sqrt()
+            total += term * _PI**p if p else term
+        return +total
+
+
+def _decimal_policy(prediction: str, pred: Answer, reference: str, ref: Answer) -> bool | None:
+    """A bare decimal against a constant scalar it does not equal exactly: the one policy of ``decimals``."""
+    if pred[0] != "scalar" or ref[0] != "scalar" or pred[1].inf or ref[1].inf:
+        return None
+    for decimal_side, other in ((prediction, ref[1].poly), (reference, pred[1].poly)):
+        decimal = decimal_literal(decimal_side)
+        if decimal is None or not other:
+            continue
+        if set(other) == {_ONE}:
+            return agrees_with_fraction(decimal, other[_ONE])
+        value = _decimal_value(other)
+        return agrees(decimal, value) if value is not None else None
+    return None
+
+
 def decide(prediction: str, reference: str) -> bool | None:
     """True / False when both answers are in the grammar and comparable, else None (math-verify decides)."""
     pred, ref = parse_answer(prediction), parse_answer(reference)
@@ -638,14 +676,16 @@ def decide(prediction: str, reference: str) -> bool | None:
         return None
     try:
         verdict = _verdict(pred, ref)
+        if verdict is False:
+            policy = _decimal_policy(prediction, pred, reference, ref)
+            if policy is not None:
+                return policy  # 1.4142135624 vs \sqrt{2}, 0.0833333 vs \frac{1}{12}
     except Exception:  # noqa: BLE001 - e.g. two equations whose difference outgrows the size bounds
         return None
     if (
         verdict is False
         and _DECIMAL.search(prediction + " " + reference)
-        and _IRRATIONAL.search(prediction + reference)
+        and _INEXACT.search(prediction + reference)
     ):
-        return (
-            None  # 0.7071 vs \frac{\sqrt2}{2}: a decimal against a root or pi; rounding is math-verify's call
-        )
+        return None  # a decimal inside a tuple / set against a root, pi or fraction: math-verify's rounding decides
     return verdict
