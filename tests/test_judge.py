@@ -289,6 +289,7 @@ def test_extract_answer_rules():
     assert extract_answer("The final answer is $\\frac{1}{2}$. I hope it is correct.") == "\\frac{1}{2}"
     assert extract_answer("The final answer is $x = 1.5$. Next we check.") == "x = 1.5"
     assert extract_answer("The answer is 3.5.") == "3.5"
+    assert extract_answer("Final Answer: The final answer is $5$. I hope it is correct.") == "5"
     assert extract_answer("\\boxed{" * 3 + "\\boxed{7}" + "\\fbox{") == "7"
     assert MathJudger().judge("So the answer is 7 apples.", "7")
     assert normalize_reference("blah\n#### 1,234") == "1234"

@@ -80,12 +80,12 @@ def has_unbalanced_boxed(text: str) -> bool:
     return any(close == -1 for _, close in _boxed_spans(text[-_MAX_SCAN:]))
 
 
-def _answer_after(rest: str) -> str:
-    """The answer at the start of ``rest``: up to the end of its sentence (a period before white space outside
+def _answer_after(line: str, start: int) -> str:
+    """The answer at ``line[start:]``: up to the end of its sentence (a period before white space outside
     ``$...$`` / ``\\(...\\)``), so "$\\frac{1}{2}$. I hope it is correct." reads ``\\frac{1}{2}``."""
     closer = None
-    end = len(rest)
-    for match in _MATH_OR_PERIOD.finditer(rest):
+    end = len(line)
+    for match in _MATH_OR_PERIOD.finditer(line, start):
         token = match.group()
         if closer is not None:
             if token == closer:
@@ -95,7 +95,7 @@ def _answer_after(rest: str) -> str:
         elif token == ".":
             end = match.start()
             break
-    answer = rest[:end].strip().rstrip(".").strip()
+    answer = line[start:end].strip().rstrip(".").strip()
     for opener, math_closer in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if answer.startswith(opener) and answer.endswith(math_closer) and len(answer) > len(opener):
             answer = answer[len(opener) : len(answer) - len(math_closer)]
@@ -106,16 +106,17 @@ def _answer_after(rest: str) -> str:
 def extract_final_answer_line(text: str) -> str | None:
     """The answer of a final-answer line ("The answer is 7.", "Final answer: 7", "#### 7"), or None.
 
-    Only the last non-blank line counts; the answer ends at its sentence's end. Linear in ``len(text)``.
+    Only the last non-blank line counts, and on it the last lead ("answer is", "answer:", ...); the answer ends at
+    its sentence's end. Linear in ``len(text)``.
     """
     lines = text[-_MAX_SCAN:].splitlines()
     last = next((line for line in reversed(lines) if line.strip()), None)
     if last is None:
         return None
     for pattern in (_HASHES, _ANSWER_LEAD):
-        match = pattern.search(last)
-        if match:
-            answer = _answer_after(last[match.end() :])
+        # The last lead counts: "Final Answer: The final answer is $5$. I hope it is correct." reads 5.
+        for match in reversed(list(pattern.finditer(last))):
+            answer = _answer_after(last, match.end())
             if answer:
                 return answer
     return None
