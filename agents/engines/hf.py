@@ -9,8 +9,8 @@ stopping criterion ends sequences) for architectures whose cache the loop cannot
 
 The loop also keeps prompt KV states across calls (``agents.engines.prefix_cache``): a search prompt that extends
 its parent's prefills only its new tokens, prompts sharing an uncached prefix in one call prefill it once, and
-prompts of very different lengths are prefilled in length groups instead of one padded batch. One-token decode
-steps on CPU use ``agents.engines.attention`` (grouped matmuls instead of SDPA with repeated KV heads).
+prompts of very different lengths are prefilled in length groups instead of one padded batch (all three in
+``agents.engines.prefill``). One-token decode steps on CPU use ``agents.engines.attention`` (grouped matmuls instead of SDPA with repeated KV heads).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import functools
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from .attention import fast_decode_attention
 from .base import Completion, GenerationStats, Prompt, check_generate_args
 from .logprobs import sequence_logprobs
 from .models import load_model
-from .prefix_cache import PrefixCache, common_length, full_attention_cache, weights_fingerprint
+from .prefill import Prefiller, kv_range
+from .prefix_cache import PrefixCache, full_attention_cache, weights_fingerprint
 from .prompting import DEFAULT_STEP_DELIMITER, TokenizerPrompts
 from .stopping import earliest_stop, finish_completion
 
@@ -125,14 +127,26 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-# Shared uncached prefixes shorter than this are not worth a separate prefill pass.
-MIN_SHARED_PREFIX = 16
+@dataclass
+class DecodeBatch:
+    """One chunk of a ``generate`` call, as a decoder gets it: prompts, samples per prompt, sampling settings."""
+
+    prompt_ids: list[list[int]]
+    """Token ids of each prompt."""
+    repeats: list[int]
+    """Samples wanted per prompt (rows decoded = their sum)."""
+    max_new_tokens: int
+    """Token limit per sample."""
+    temperature: float
+    """0 is greedy."""
+    top_p: float
+    """Nucleus sampling mass."""
+    stops: list[str]
+    """Stop strings (a sample ends at the first one it writes)."""
+
+
 # Calls in a row that found new weights after which the prefix cache pauses (see HFEngine._valid_prefix_cache).
 STALE_CALLS_TO_PAUSE = 3
-# Prefill in groups of similar length once one padded batch would compute more than this x its real tokens ...
-PADDING_SLACK = 1.5
-# ... each group holding prompts at least this fraction of its longest one's length.
-GROUP_RATIO = 0.75
 
 
 class HFEngine(TokenizerPrompts):
@@ -247,24 +261,27 @@ class HFEngine(TokenizerPrompts):
         with rng, _eval_mode(self.model), fast:
             if seed is not None:
                 torch.manual_seed(seed)
-            shared = self._prefill_shared_prefixes(encoded, cache) if cache is not None else {}
+            prefiller = Prefiller(
+                self.model, self.pad_token_id, self.max_batch_size, self._reusable_kv_layers
+            )
+            shared = prefiller.prefill_shared_prefixes(encoded, cache) if cache is not None else {}
             while pieces:
                 chunk, rows = [], 0
                 while pieces and rows + pieces[0][1] <= self.max_batch_size:
                     rows += pieces[0][1]
                     chunk.append(pieces.pop(0))
-                args = (
-                    [encoded[p] for p, _ in chunk],
-                    [k for _, k in chunk],
-                    max_new_tokens,
-                    temperature,
-                    top_p,
-                    stops,
+                batch = DecodeBatch(
+                    prompt_ids=[encoded[p] for p, _ in chunk],
+                    repeats=[k for _, k in chunk],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    stops=stops,
                 )
                 if self.decoder == "loop":
-                    outputs = self._decode_loop(*args, cache=cache)
+                    outputs = self._decode_loop(batch, prefiller, cache)
                 else:
-                    outputs = self._generate_rows(*args)
+                    outputs = self._generate_rows(batch)
                 row = 0
                 for p, k in chunk:
                     results[p].extend(outputs[row : row + k])
@@ -290,37 +307,6 @@ class HFEngine(TokenizerPrompts):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         element = next(self.model.parameters()).element_size()
         return 2 * config.num_hidden_layers * heads * head_dim * element
-
-    def _prefill_shared_prefixes(self, encoded: list[list[int]], cache: PrefixCache) -> dict[int, int]:
-        """Prefill, once, the uncached prefixes that several prompts of this call share; put them in the cache.
-
-        Without this, prompts sharing a prefix nobody sent before (the system prompt and instruction of the
-        first wave of a batch of problems, or many branches off one new long prompt) would each prefill it.
-        Sorting the distinct prompts puts prompts with a common prefix next to each other, so the common
-        prefixes of neighbours are the shared ones. Returns the tokens prefilled here per prompt index (the
-        first prompt holding each prefix), so the counters still report every token processed.
-        """
-        distinct = sorted({tuple(ids) for ids in encoded})
-        shared: set[tuple[int, ...]] = set()
-        for first, second in zip(distinct, distinct[1:]):
-            # stop before either prompt's last token: that one is prefilled with its prompt for its logits
-            length = min(common_length(first, second), len(first) - 1, len(second) - 1)
-            if length - cache.match_length(first[:length]) >= MIN_SHARED_PREFIX:
-                shared.add(first[:length])
-        counts: dict[int, int] = {}
-        remaining = sorted(shared, key=len)
-        while remaining:
-            # A prefix nested in a longer one goes first, so the longer one prefills only its extension.
-            ready = [p for p in remaining if not any(len(q) < len(p) and p[: len(q)] == q for q in remaining)]
-            remaining = [p for p in remaining if p not in ready]
-            batch = [list(prefix) for prefix in ready[: self.max_batch_size]]
-            remaining = ready[self.max_batch_size :] + remaining
-            _, kv, _, _, columns, cached = self._prefill(batch, cache)
-            for row, prefix in enumerate(batch):
-                cache.insert(prefix, self._kv_range(kv, row, columns[row]))
-                owner = next(i for i, ids in enumerate(encoded) if ids[: len(prefix)] == prefix)
-                counts[owner] = counts.get(owner, 0) + len(prefix) - cached[row]
-        return counts
 
     def _valid_prefix_cache(self) -> PrefixCache | None:
         """The prefix cache if it may be used now; cleared first when the weights changed since it was filled.
@@ -370,34 +356,30 @@ class HFEngine(TokenizerPrompts):
         )
 
     def _decode_loop(
-        self,
-        prompt_ids: list[list[int]],
-        repeats: list[int],
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        stops: list[str],
-        cache: PrefixCache | None = None,
+        self, batch: DecodeBatch, prefiller: Prefiller, cache: PrefixCache | None = None
     ) -> list[Completion]:
         """Prefill each prompt once (only past its longest cached prefix), copy its cache rows for its samples,
         decode; finished rows leave the batch, and their prompt + step states go into the prefix cache."""
+        prompt_ids, repeats, stops = batch.prompt_ids, batch.repeats, batch.stops
+        max_new_tokens, temperature, top_p = batch.max_new_tokens, batch.temperature, batch.top_p
         if max_new_tokens == 0:
             return [
                 Completion("", [], [], "length", len(ids))
                 for ids, k in zip(prompt_ids, repeats)
                 for _ in range(k)
             ]
-        out, kv, attention_mask, positions, columns, cached = self._prefill(prompt_ids, cache)
-        processed = [len(ids) - c for ids, c in zip(prompt_ids, cached)]  # what the stats report
+        prefill = prefiller.prefill(prompt_ids, cache)
+        kv, columns = prefill.kv, prefill.columns
+        processed = [len(ids) - c for ids, c in zip(prompt_ids, prefill.cached)]  # what the stats report
         if cache is not None:
             for row, ids in enumerate(prompt_ids):
-                cache.insert(ids, self._kv_range(kv, row, columns[row]))
+                cache.insert(ids, kv_range(kv, row, columns[row]))
         expand = torch.repeat_interleave(torch.arange(len(prompt_ids)), torch.tensor(repeats)).to(self.device)
         if len(expand) != len(prompt_ids):  # n samples per prompt: copy the prompt's cache rows
             kv.batch_select_indices(expand)
-        logits = out.logits[:, -1][expand]
-        attention_mask = attention_mask[expand]
-        next_position = positions[expand, -1] + 1
+        logits = prefill.logits[expand]
+        attention_mask = prefill.attention_mask[expand]
+        next_position = prefill.positions[expand, -1] + 1
         rows = len(expand)
         origin = expand.tolist()
         generated: list[list[int]] = [[] for _ in range(rows)]
@@ -415,7 +397,7 @@ class HFEngine(TokenizerPrompts):
                 if cache is None or not fed:
                     continue
                 cols = columns[origin[row]] + list(range(width, width + len(fed)))
-                cache.insert(prompt_ids[origin[row]] + fed, self._kv_range(kv, position, cols))
+                cache.insert(prompt_ids[origin[row]] + fed, kv_range(kv, position, cols))
 
         for step in range(max_new_tokens):
             scores = torch.log_softmax(logits.float(), dim=-1)
@@ -457,143 +439,17 @@ class HFEngine(TokenizerPrompts):
             next_position = next_position + 1
         return [self._finish(generated[r], logprobs[r], stops, processed[origin[r]]) for r in range(rows)]
 
-    def _prefill(
-        self, prompt_ids: list[list[int]], cache: PrefixCache | None
-    ) -> tuple[Any, Any, torch.Tensor, torch.Tensor, list[list[int]], list[int]]:
-        """Prefill every prompt past its cached prefix: (model output with the last position's logits, KV cache,
-        attention mask, position ids, each row's cache columns, cached tokens per row)."""
-        hits: list[tuple[int, list[Any]]] = [(0, [])] * len(prompt_ids)
-        if cache is not None:
-            hits = [cache.lookup_segments(ids, limit=len(ids) - 1) for ids in prompt_ids]
-        cached = [length for length, _ in hits]
-        hits = self._prefill_in_length_groups(prompt_ids, hits)
-        out, kv, attention_mask, positions, columns = self._prefill_past(prompt_ids, hits)
-        return out, kv, attention_mask, positions, columns, cached
-
-    def _prefill_past(
-        self, prompt_ids: list[list[int]], hits: list[tuple[int, list[Any]]]
-    ) -> tuple[Any, Any, torch.Tensor, torch.Tensor, list[list[int]]]:
-        """One forward pass over the uncached prompt tokens: (output with the last position's logits, KV cache,
-        attention mask, position ids, each row's cache columns)."""
-        kv, input_ids, attention_mask, positions, columns = self._prefill_inputs(prompt_ids, hits)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            past_key_values=kv,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out, kv, attention_mask, positions, columns
-
-    def _prefill_in_length_groups(
-        self, prompt_ids: list[list[int]], hits: list[tuple[int, list[Any]]]
-    ) -> list[tuple[int, list[Any]]]:
-        """Prefill prompts of very different lengths in groups of similar length (all but their last token).
-
-        One left-padded batch pads every prompt to the longest: a batch of MATH problems of 68-458 tokens
-        computed 3x its real tokens, and attention grows with the square of the padded width. When padding
-        would exceed ``PADDING_SLACK`` x the real tokens, rows are grouped by remaining length (each group within
-        ``GROUP_RATIO`` of its longest), each group is prefilled on its own, and its KV states join the row's
-        cached segments; the caller's single pass then prefills one token per row. Returns the extended hits.
-        """
-        remaining = [len(ids) - 1 - c for ids, (c, _) in zip(prompt_ids, hits)]
-        width = max(remaining) + 1
-        real = sum(remaining) + len(prompt_ids)
-        if len(prompt_ids) < 2 or len(prompt_ids) * width <= PADDING_SLACK * real:
-            return hits
-        if not self._reusable_kv_layers:
-            return hits
-        groups: list[list[int]] = []
-        for row in sorted((r for r in range(len(prompt_ids)) if remaining[r]), key=lambda r: -remaining[r]):
-            if groups and remaining[row] >= GROUP_RATIO * remaining[groups[-1][0]]:
-                groups[-1].append(row)
-            else:
-                groups.append([row])
-        hits = list(hits)
-        for group in groups:
-            heads = [prompt_ids[r][:-1] for r in group]
-            _, kv, _, _, columns = self._prefill_past(heads, [hits[r] for r in group])
-            for i, row in enumerate(group):
-                start, segments = hits[row]
-                hits[row] = (
-                    len(heads[i]),
-                    [*segments, self._kv_range(kv, i, columns[i])(start, len(heads[i]))],
-                )
-        return hits
-
-    def _prefill_inputs(
-        self, prompt_ids: list[list[int]], hits: list[tuple[int, list[Any]]]
-    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
-        """The KV cache to prefill into, the uncached prompt tokens, mask, positions and each row's columns.
-
-        Row r reuses ``c_r`` cached tokens and prefills the ``s_r`` after them. Both parts are left-padded to
-        the widest row: ``[pad][cached c_r][pad][new s_r]``, so every row's last prompt token is the last column
-        and padding in the middle is masked. Position ids count real tokens only, so they (and the rotary
-        embeddings baked into the cached keys) are those of the prompt prefilled whole.
-        ``hits[r]`` is ``(c_r, segments)``: the KV states of those tokens as consecutive (keys, values) pieces.
-        ``columns[r][t]`` is the cache column holding prompt token t of row r.
-        """
-        from transformers import DynamicCache
-
-        kv = DynamicCache(config=self.model.config)
-        cached = [length for length, _ in hits]
-        past, new = max(cached), max(len(ids) - c for ids, c in zip(prompt_ids, cached))
-        input_ids = torch.full((len(prompt_ids), new), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompt_ids), past + new), dtype=torch.long)
-        positions = torch.zeros((len(prompt_ids), new), dtype=torch.long)
-        columns: list[list[int]] = []
-        for row, (ids, c) in enumerate(zip(prompt_ids, cached)):
-            s = len(ids) - c
-            input_ids[row, new - s :] = torch.tensor(ids[c:])
-            attention_mask[row, past - c : past] = 1
-            attention_mask[row, past + new - s :] = 1
-            positions[row, new - s :] = torch.arange(c, len(ids))
-            columns.append(list(range(past - c, past)) + list(range(past + new - s, past + new)))
-        if past:
-            # Copy the cached segments straight into one (layers, batch, heads, past, dim) tensor and hand each
-            # layer its slice (no intermediate concatenation, no copy by ``DynamicLayer.update``).
-            first = next(segments[0][0] for _, segments in hits if segments)
-            layers, heads, _, dim = first.shape
-            keys = first.new_zeros((layers, len(prompt_ids), heads, past, dim))
-            values = torch.zeros_like(keys)
-            for row, (c, segments) in enumerate(hits):
-                at = past - c
-                for k, v in segments:
-                    keys[:, row, :, at : at + k.shape[2]] = k
-                    values[:, row, :, at : at + k.shape[2]] = v
-                    at += k.shape[2]
-            for layer, state in enumerate(kv.layers):
-                state.lazy_initialization(keys[layer], values[layer])
-                state.keys, state.values = keys[layer], values[layer]
-        device = self.device
-        return kv, input_ids.to(device), attention_mask.to(device), positions.to(device), columns
-
-    @staticmethod
-    def _kv_range(kv: Any, row: int, columns: list[int]) -> Any:
-        """``PrefixCache.insert``'s callback: new (layers, heads, tokens, dim) tensors of one batch row."""
-
-        def kv_range(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.tensor(columns[start:stop], device=kv.layers[0].keys.device)
-            keys = torch.stack([layer.keys[row].index_select(1, index) for layer in kv.layers])
-            values = torch.stack([layer.values[row].index_select(1, index) for layer in kv.layers])
-            return keys, values
-
-        return kv_range
-
-    def _generate_rows(
-        self,
-        prompt_ids: list[list[int]],
-        repeats: list[int],
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        stops: list[str],
-    ) -> list[Completion]:
+    def _generate_rows(self, batch: DecodeBatch) -> list[Completion]:
         """The same through ``model.generate`` (one row per sample; no shared prefill, no row pruning)."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        prompt_ids = [ids for ids, k in zip(prompt_ids, repeats) for _ in range(k)]
+        max_new_tokens, temperature, top_p, stops = (
+            batch.max_new_tokens,
+            batch.temperature,
+            batch.top_p,
+            batch.stops,
+        )
+        prompt_ids = [ids for ids, k in zip(batch.prompt_ids, batch.repeats) for _ in range(k)]
 
         input_ids, attention_mask = self._left_padded(prompt_ids)
         width = input_ids.shape[1]
