@@ -25,6 +25,7 @@ SCRIPTS = {
     "experiments.prm_best_of_n": "BestOfNConfig",
     "experiments.bench_alfworld": "ALFWorldBenchConfig",
     "experiments.plot_rl": "PlotRunsConfig",
+    "experiments.gpu_check": "GPUCheckConfig",
     "experiments.train_prm": "PRMTrainConfig",
 }
 
@@ -117,3 +118,9 @@ def test_train_runs_end_to_end_with_a_tiny_model(tmp_path):
     assert results["hardware"]["cpu_capability"] and results["hardware"]["model_dtype"] == "float32"
     assert json.loads((log_dir / "results.json").read_text())["agent"] == "sft"
     assert (tmp_path / "agent" / "agent.json").is_file()
+
+
+def test_no_experiments_script_hand_writes_argparse():
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    offenders = [path.name for path in sorted(root.glob("*.py")) if "argparse" in path.read_text()]
+    assert offenders == []

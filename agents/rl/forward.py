@@ -3,7 +3,7 @@ the response tokens, with the vocabulary projection done in checkpointed chunks 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -47,7 +47,24 @@ def policy_forward(
     value_head: torch.nn.Module | None = None,
 ) -> PolicyOutput:
     """Log-probs of the response tokens under ``softmax(logits / temperature)`` (the sampling policy), optional
-    entropy (no gradient, for logging) and ``value_head(hidden)`` at the state before each response token."""
+    entropy (no gradient, for logging) and ``value_head(hidden)`` at the state before each response token.
+
+    The batch may live anywhere (the trainers keep it on the CPU): it is moved to the model's device for the pass,
+    and the outputs come back on the batch's device (gradients flow through the copy)."""
+    home = batch.input_ids.device
+    device = next(model.parameters()).device
+    if device != home:
+        out = policy_forward(
+            model,
+            TokenBatch(*(getattr(batch, f.name).to(device) for f in fields(batch))),
+            chunk_size=chunk_size,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            value_head=value_head,
+        )
+        return PolicyOutput(
+            *(None if t is None else t.to(home) for t in (out.logprobs, out.entropy, out.values))
+        )
     rows, cols = batch.response_mask.nonzero(as_tuple=True)
     positions = batch.response_positions[rows, cols]
     picked_targets = batch.input_ids[:, 1:][rows, positions]

@@ -161,6 +161,9 @@ class TrainableAgent(Agent):
         self.last_rollout_stats: dict[str, float] = {}
         self._problem_rng = np.random.default_rng(self.config.seed)
         self._build_extra_modules()
+        device = device_of(self.model)
+        for module in self.checkpoint_modules().values():  # critics / value heads live with the policy
+            module.to(device)
         self.optimizer = torch.optim.AdamW(
             self.parameter_groups(),
             lr=self.config.learning_rate,
