@@ -140,7 +140,8 @@ class ValueScorer:
         was_training = self.backbone.training
         self.backbone.eval()
         try:
-            device = model_device(self.backbone).type  # no autocast on the backbone's own device (CPU or CUDA)
+            # fp32 read: no autocast on the backbone's own device (CPU or CUDA)
+            device = model_device(self.backbone).type
             context = self.autocast() if self.autocast is not None else torch.autocast(device, enabled=False)
             with context:
                 scores = chunked_position_scores(
