@@ -3,7 +3,7 @@ number of samples, in the same run; plus each one's peak memory.
 
 Each implementation runs in its own subprocess (so peak RSS is its own) with the same thread count:
 
-    python experiments/bench_rl.py --steps 4 --prompts 4 --generations 4 --max-tokens 128 --out runs/bench_rl.json
+    python -m experiments.bench_rl --steps 4 --prompts 4 --generations 4 --max-tokens 128 --out runs/bench_rl.json
 
 Same work on both sides: SmolLM2-135M-Instruct (fp32 master weights, bf16 autocast where the CPU runs bf16 natively, else fp32), the same ``--prompts``
 Arithmetic problems per update (levels 1-2, drawn from the same seeds), ``--generations`` samples each at

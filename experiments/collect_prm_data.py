@@ -13,7 +13,7 @@ best-of-N evaluation reads it) and ``summary.json`` (label balance, accuracy, to
 
 Example (the run in docs/rewards.md)::
 
-    python experiments/collect_prm_data.py --levels 1 2 --num-problems 48 --samples 4 --rollouts 4 --out runs/prm/train
+    python -m experiments.collect_prm_data --levels 1 2 --num-problems 48 --samples 4 --rollouts 4 --out runs/prm/train
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The subsets are shared by all rules, so differences come from the rules alone. P
 
 Example::
 
-    python experiments/prm_best_of_n.py --samples runs/prm/test/samples.jsonl --prm runs/prm/model --n 1 2 4
+    python -m experiments.prm_best_of_n --samples runs/prm/test/samples.jsonl --prm runs/prm/model --n 1 2 4
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ trained PRM (model, tokenizer, ``prm_config.json``) goes to ``--out`` and loads 
 
 Example (the run in docs/rewards.md)::
 
-    python experiments/train_prm.py --data runs/prm/train/math_shepherd.jsonl --labels hard \\
+    python -m experiments.train_prm --data runs/prm/train/math_shepherd.jsonl --labels hard \\
         --eval-data runs/prm/test/math_shepherd.jsonl --epochs 2 --out runs/prm/model --logdir runs/prm/tb
 """
 
