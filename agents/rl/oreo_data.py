@@ -34,6 +34,7 @@ from agents.rl.rollout import Episode, episode_to_tokens
 __all__ = [
     "OREOTrajectory",
     "TokenRow",
+    "conversation_row",
     "TokenTrajectory",
     "load_trajectories",
     "replay_observations",
@@ -114,6 +115,14 @@ def trajectory_from_record(record: Mapping[str, Any], reward_key: str = "correct
     else:
         raise ValueError(f"reward_key must be 'correct' or 'return', got {reward_key!r}")
     extras = record.get("extras") or {}
+    if extras.get("conversations"):  # a recorded chat (agents.game_chat): the chat is what the policy read
+        return OREOTrajectory(
+            reward=reward,
+            question=str(record.get("question") or ""),
+            steps=[str(s) for s in record.get("steps") or []],
+            conversation=list(extras["conversations"]),
+            problem_id=record.get("problem_id"),
+        )
     last_finish = str(extras.get("last_finish") or ("eos" if record.get("terminated") else "length"))
     return OREOTrajectory(
         reward=reward,
@@ -229,7 +238,7 @@ def tokenize_trajectory(
 ) -> TokenTrajectory:
     """The rows and masks of ``trajectory`` (see the module docstring for the layouts)."""
     if trajectory.conversation is not None:
-        rows = [_conversation_row(tokenizer, trajectory.conversation, granularity, max_response_tokens)]
+        rows = [conversation_row(tokenizer, trajectory.conversation, granularity, max_response_tokens)]
     elif trajectory.prompt is not None:
         rows = [_text_row(tokenizer, trajectory, granularity, delimiter, max_response_tokens)]
     elif trajectory.observations is not None:
@@ -274,7 +283,7 @@ def _text_row(
     return TokenRow(context, ids, action, state_mask_for(action, starts, granularity))
 
 
-def _conversation_row(
+def conversation_row(
     tokenizer: Any, conversation: Sequence[Mapping[str, str]], granularity: str, limit: int
 ) -> TokenRow:
     """One sequence over the whole chat; the assistant turns (with their end-of-turn token) are the actions, every

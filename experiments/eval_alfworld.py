@@ -1,0 +1,284 @@
+"""Play a policy on ALFWorld games in the chat view (``agents.game_chat``): success rate and mean steps per task type.
+
+Modes: ``greedy`` (temperature 0), ``value`` (OREO's value picks among ``num_candidates`` sampled commands per turn,
+``agents.game_chat.ValueChooser``; needs ``--value``, a saved OREO agent folder) and ``sampled`` (temperature
+``temperature``, ``samples`` rollouts per game). Games: the held-out list written by
+``experiments/collect_alfworld_experts.py`` (``--heldout``), or ``--games`` ones chosen by ``--seed`` the same way,
+or the games of a recorded file (``--games-from train.jsonl``: the policy's own rollouts on training games, for
+rejection-sampling fine-tuning and OREO), or real ALFWorld games (``--source alfworld``: the first ``--games`` of
+``$ALFWORLD_DATA/json_2.1.1/<split>``). ``--record`` writes every game played as a recorder record (schema v1, with
+the chat in ``extras["conversations"]``) that ``experiments/train.py sft|oreo --data-files`` read.
+
+Writes ``results.json``, ``results.md`` (table) and ``results.png`` to ``--out``. Examples::
+
+    python -m experiments.eval_alfworld --heldout runs/alfworld_experts/heldout.json --out runs/alfworld_eval/base
+    python -m experiments.eval_alfworld --policy runs/alfworld_oreo/agent --value runs/alfworld_oreo/agent \\
+        --modes greedy value --heldout runs/alfworld_experts/heldout.json --out runs/alfworld_eval/oreo
+    ALFWORLD_DATA=~/alfworld python -m experiments.eval_alfworld --source alfworld --split valid_unseen --games 134
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tyro
+
+__all__ = ["EvalALFWorldConfig", "evaluate", "main", "summarize"]
+
+Mode = Literal["greedy", "value", "sampled"]
+
+
+@dataclass
+class EvalALFWorldConfig:
+    """Policy, value model, games and play settings."""
+
+    policy: str = "smollm2-135m-instruct"
+    """Model name, HF id, HF folder or a saved agent folder (its ``policy/``)."""
+    label: str | None = None
+    """Name of the policy in the table (default: the folder name)."""
+    value: str | None = None
+    """Saved OREO agent folder for the ``value`` mode (``value/``, or ``value_head.pt`` on the policy)."""
+    modes: tuple[Mode, ...] = ("greedy",)
+    """Ways to choose commands (see the module docstring)."""
+    heldout: str | None = None
+    """``heldout.json`` from ``collect_alfworld_experts`` (its problem ids are played)."""
+    games_from: str | None = None
+    """A JSONL of records whose problem ids are played (e.g. the expert ``train.jsonl``)."""
+    games: int = 12
+    """Games when neither ``heldout`` nor ``games_from`` is given (chosen by ``seed``) or with ``source=alfworld``."""
+    seed: int = 0
+    """Chooses the games (as ``collect_alfworld_experts`` does) and seeds sampling."""
+    source: Literal["generated", "alfworld"] = "generated"
+    """Generated games, or real ALFWorld games from ``$ALFWORLD_DATA`` (or ``data_dir``)."""
+    split: str = "valid_unseen"
+    """Split of real games (``source=alfworld``) or of chosen generated held-out games."""
+    data_dir: str | None = None
+    """Real ALFWorld data folder instead of ``$ALFWORLD_DATA``."""
+    show_admissible_commands: bool = False
+    """Show the admissible commands at the end of every user turn (the env option)."""
+    max_steps: int = 30
+    """Step limit per game."""
+    max_new_tokens: int = 24
+    """Token limit per command."""
+    num_candidates: int = 4
+    """K, commands sampled per turn in the ``value`` mode."""
+    temperature: float = 1.0
+    """Sampling temperature of the ``value`` and ``sampled`` modes."""
+    samples: int = 1
+    """Rollouts per game in the ``sampled`` mode."""
+    wave: int = 12
+    """Games played together (one engine call per turn for the wave)."""
+    record: str | None = None
+    """Append every game played to this JSONL (recorder schema v1 with the chat)."""
+    out: str = "runs/alfworld_eval"
+    """Output folder."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 only where the CPU runs it fast), float32 or bfloat16."""
+    threads: int | None = None
+    """Torch CPU threads."""
+    cache_dir: str | None = None
+    """Generated-game cache."""
+
+
+def problem_ids(config: EvalALFWorldConfig) -> list[str]:
+    """The games to play (see ``EvalALFWorldConfig``)."""
+    if config.heldout:
+        return list(json.loads(Path(config.heldout).read_text())["problem_ids"])
+    if config.games_from:
+        from wrappers.recorder import read_trajectories
+
+        return list(dict.fromkeys(str(r["problem_id"]) for r in read_trajectories(config.games_from)))
+    if config.source == "alfworld":
+        from reasoning_gym.alfworld.games import GamePool
+
+        pool = GamePool(split=config.split, source="alfworld", data_dir=config.data_dir)
+        return pool.problem_ids[: config.games]
+    from experiments.collect_alfworld_experts import game_split
+
+    return game_split(config.seed, 0, config.games, config.split)["heldout"]
+
+
+def load_value(folder: str, policy_model: Any) -> tuple[Any, Any]:
+    """``(backbone, head)`` of a saved OREO agent: its own value LM, or a head on the policy (``shared``)."""
+    import torch
+
+    path = Path(folder)
+    if (path / "value").is_dir():
+        from rewards.prm.value_head import CausalLMWithValueHead
+
+        value_lm = CausalLMWithValueHead.from_pretrained(path / "value", dtype=torch.float32).eval()
+        return value_lm.backbone, value_lm.v_head
+    head = torch.nn.Linear(policy_model.config.hidden_size, 1)
+    head.load_state_dict(torch.load(path / "value_head.pt", weights_only=True))
+    return policy_model, head
+
+
+def summarize(chats: list[Any]) -> dict[str, Any]:
+    """Success rate and mean steps (all games; won games) per task type and overall."""
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for chat in chats:
+        groups[chat.task_type or "unknown"].append(chat)
+    groups["all"] = list(chats)
+
+    def row(games: list[Any]) -> dict[str, float]:
+        won = [g for g in games if g.won]
+        return {
+            "games": len(games),
+            "success": sum(g.won for g in games) / max(len(games), 1),
+            "mean_steps": sum(len(g.commands) for g in games) / max(len(games), 1),
+            "mean_steps_won": sum(len(g.commands) for g in won) / len(won) if won else None,
+            "invalid_rate": sum(g.invalid for g in games) / max(sum(len(g.commands) for g in games), 1),
+        }
+
+    return {name: row(games) for name, games in sorted(groups.items())}
+
+
+def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
+    import torch
+
+    from agents.engines import HFEngine
+    from agents.engines.hardware import hardware_info
+    from agents.game_chat import ChatGameAdapter, ValueChooser, chat_record, play_games
+    from experiments.collect_alfworld_experts import make_env
+    from experiments.train import load_policy
+    from wrappers.recorder import append_jsonl
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    is_agent = (Path(config.policy) / "policy").is_dir()
+    model, tokenizer = load_policy(config.policy, config.policy if is_agent else None)
+    from agents.engines.models import resolve_dtype
+
+    model = model.to(resolve_dtype(config.dtype))
+    engine = HFEngine(model, tokenizer, num_threads=config.threads)
+    env_kwargs: dict[str, Any] = (
+        {"source": "alfworld", "split": config.split, "data_dir": config.data_dir}
+        if config.source == "alfworld"
+        else {}
+    )
+    games = problem_ids(config)
+    wave = max(1, min(config.wave, len(games) * max(1, config.samples)))
+    envs = [
+        make_env(config.show_admissible_commands, config.max_steps, config.cache_dir, **env_kwargs)
+        for _ in range(wave)
+    ]
+    adapter = ChatGameAdapter.from_env(envs[0])
+    results: dict[str, Any] = {
+        "config": asdict(config),
+        "label": config.label or Path(config.policy).name,
+        "problem_ids": games,
+        "hardware": hardware_info(model_dtype=next(model.parameters()).dtype, autocast=None, device="cpu"),
+        "modes": {},
+    }
+    for mode in config.modes:
+        chooser, settings = None, {"temperature": 0.0, "num_candidates": 1}
+        if mode == "value":
+            if not config.value:
+                raise SystemExit("--modes value needs --value (a saved OREO agent folder)")
+            backbone, head = load_value(config.value, model)
+            scratch = make_env(
+                config.show_admissible_commands, config.max_steps, config.cache_dir, **env_kwargs
+            )
+            chooser = ValueChooser(backbone, head, tokenizer, scratch)
+            settings = {"temperature": config.temperature, "num_candidates": config.num_candidates}
+        elif mode == "sampled":
+            settings = {"temperature": config.temperature, "num_candidates": 1}
+        repeats = config.samples if mode == "sampled" else 1
+        todo = [g for g in games for _ in range(repeats)]
+        chats, timings, started = [], {}, time.perf_counter()
+        for start in range(0, len(todo), wave):
+            batch = todo[start : start + wave]
+            chats += play_games(
+                engine,
+                envs[: len(batch)],
+                batch,
+                adapter,
+                max_steps=config.max_steps,
+                max_new_tokens=config.max_new_tokens,
+                chooser=chooser,
+                seed=config.seed + start,
+                timings=timings,
+                **settings,
+            )
+            print(f"{mode}: {len(chats)}/{len(todo)} games, {sum(c.won for c in chats)} won", flush=True)
+        wall = time.perf_counter() - started
+        if config.record:
+            Path(config.record).parent.mkdir(parents=True, exist_ok=True)
+            for chat in chats:
+                append_jsonl(config.record, chat_record(chat, policy=results["label"], mode=mode, **settings))
+        results["modes"][mode] = {
+            "per_task": summarize(chats),
+            "wall_seconds": wall,
+            "env_steps_per_second": timings["env_steps"] / wall if wall else 0.0,
+            "seconds": {k: v for k, v in timings.items() if k != "env_steps"},
+            "env_steps": timings["env_steps"],
+            "settings": settings,
+        }
+    for env in envs:
+        env.close()
+    write_outputs(out, results)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: per mode, success and mean steps per task type."""
+    lines = [
+        "| policy | mode | task type | games | success | mean steps | invalid steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, block in results["modes"].items():
+        for task, row in block["per_task"].items():
+            lines.append(
+                f"| {results['label']} | {mode} | {task} | {row['games']} | {100 * row['success']:.1f}% | "
+                f"{row['mean_steps']:.1f} | {100 * row['invalid_rate']:.0f}% |"
+            )
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(table(results) + "\n")
+    print(table(results), flush=True)
+    modes = list(results["modes"])
+    tasks = sorted({t for block in results["modes"].values() for t in block["per_task"]})
+    figure, axis = plt.subplots(figsize=(max(6, 1.4 * len(tasks)), 3.6))
+    width = 0.8 / max(len(modes), 1)
+    for k, mode in enumerate(modes):
+        rows = results["modes"][mode]["per_task"]
+        axis.bar(
+            [i + k * width for i in range(len(tasks))],
+            [100 * rows.get(t, {"success": 0.0})["success"] for t in tasks],
+            width,
+            label=mode,
+        )
+    axis.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(tasks))])
+    axis.set_xticklabels(
+        [t.replace("_then_place_in_recep", "").replace("pick_", "") for t in tasks], rotation=20
+    )
+    axis.set_ylabel("success (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(f"{results['label']} on {len(results['problem_ids'])} ALFWorld games")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "results.png", dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return evaluate(tyro.cli(EvalALFWorldConfig, args=argv, description=__doc__))
+
+
+if __name__ == "__main__":
+    main()

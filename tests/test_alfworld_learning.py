@@ -1,0 +1,210 @@
+"""ALFWorld agents that learn: expert records, the chat view's loss masks, SFT on expert play, batched play and the
+value-guided choice, all on real generated games with a tiny model (marker ``alfworld``; skips without the extra)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("alfworld")
+pytest.importorskip("textworld")
+
+pytestmark = pytest.mark.alfworld
+
+
+@pytest.fixture(scope="module")
+def expert_run(tmp_path_factory):
+    """Two planner games and a held-out list of six, written by the collection script."""
+    from experiments.collect_alfworld_experts import main
+
+    out = tmp_path_factory.mktemp("experts")
+    summary = main(["--train-games", "2", "--heldout-games", "6", "--out", str(out), "--no-progress"])
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from agents.engines.testing import tiny_model
+
+    return tiny_model(seed=0)
+
+
+def test_game_split_is_disjoint_and_mixes_task_types():
+    from experiments.collect_alfworld_experts import game_split
+    from reasoning_gym.alfworld import TASK_TYPES
+
+    seen = game_split(seed=3, train_games=50, heldout_games=12, heldout_split="train")
+    assert not set(seen["train"]) & set(seen["heldout"]) and len(set(seen["train"])) == 50
+    seeds = [int(p.rsplit("-", 1)[1]) for p in seen["heldout"]]
+    assert sorted({s % len(TASK_TYPES) for s in seeds}) == list(range(6))  # every task type, twice
+    assert game_split(3, 50, 12, "train") == seen and game_split(4, 50, 12, "train") != seen
+    unseen = game_split(seed=3, train_games=5, heldout_games=6, heldout_split="valid_unseen")
+    assert all(p.startswith("gen-valid_unseen-") for p in unseen["heldout"])
+
+
+def test_expert_records_round_trip(expert_run, tiny):
+    """The records replay to a win, their token ids decode to the commands, and the loaders read them as chats."""
+    from agents.rl.oreo_data import load_trajectories
+    from experiments.collect_alfworld_experts import make_env
+    from wrappers.recorder import SCHEMA, read_trajectories
+
+    out, summary = expert_run
+    records = list(read_trajectories(out / "train.jsonl"))
+    assert len(records) == 2 and summary["expert_success"] == 1.0
+    assert summary["fits_context"] and 0 < summary["chat_tokens_max"] <= summary["model_context"]
+    assert len(json.loads((out / "heldout.json").read_text())["task_types"]) == 6
+    tokenizer = tiny[1]
+    env = make_env(False, 50)
+    try:
+        for record in records:
+            assert record["schema"] == SCHEMA and record["correct"] is True
+            assert [tokenizer.decode(ids) for ids in record["token_ids"]] == record["steps"]
+            assert len(record["extras"]["replies"]) == len(record["steps"])
+            env.reset(options={"problem_id": record["problem_id"]})
+            for command in record["steps"]:
+                _, _, terminated, _, info = env.step(command)
+            assert terminated and info["is_success"]
+    finally:
+        env.close()
+    trajectories = load_trajectories(out / "train.jsonl")
+    assert all(t.reward == 1.0 and t.conversation for t in trajectories)
+    turns = trajectories[0].conversation
+    assert [m["content"] for m in turns if m["role"] == "assistant"] == records[0]["steps"]
+    assert turns[0]["role"] == "user" and "Your task is to:" in turns[0]["content"]
+
+
+def test_loss_mask_covers_only_command_tokens(expert_run, tiny):
+    """The trained tokens of a chat are exactly the commands (each with its end-of-turn token): no game text."""
+    from agents.rl.oreo_data import conversation_row, load_trajectories
+
+    out, _ = expert_run
+    tokenizer = tiny[1]
+    trajectory = load_trajectories(out / "train.jsonl")[0]
+    row = conversation_row(tokenizer, trajectory.conversation, "step", 4096)
+    trained = [t for t, a in zip(row.response, row.action) if a]
+    end = tokenizer.eos_token  # ChatML: <|im_end|> closes each assistant turn
+    assert tokenizer.decode(trained) == "".join(f"{s}{end}" for s in trajectory.steps)
+    context = tokenizer.decode([t for t, a in zip(row.response, row.action) if not a])
+    assert trajectory.conversation[2]["content"] in context  # the game's reply is context
+    assert sum(row.state) == len(trajectory.steps)  # one OREO state per command turn
+
+
+def test_sft_on_expert_play_lowers_command_nll(expert_run, tiny):
+    """A few SFT steps on the expert chats lower the NLL of the expert commands (assistant tokens only)."""
+    import copy
+
+    from agents.engines import HFEngine
+    from agents.rl.sft import SFT, SFTConfig
+
+    out, _ = expert_run
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    config = SFTConfig(
+        data_files=(str(out / "train.jsonl"),),
+        batch_size=2,
+        micro_batch_size=2,
+        learning_rate=1e-3,
+        max_response_tokens=1024,
+        autocast="off",
+        verbose=0,
+        log_formats=(),
+    )
+    agent = SFT(HFEngine(model, tokenizer), "openr/ALFWorld-v0", config)
+    examples = agent.file_examples()
+    assert len(examples) == 2 and all(e.conversation for e in examples)
+    before = agent.loss_on(examples)["train/loss"]  # one step on everything, then measure again
+    agent.learn(6)
+    after = agent.loss_on(examples)["train/loss"]
+    assert after < 0.8 * before
+    tokens = agent.loss_on(examples)["train/tokens"]
+    commands = sum(
+        len(tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for e in examples for s in e.steps
+    )
+    assert tokens == commands
+
+
+def test_play_games_batched_records_and_value_choice(tiny):
+    """Two games in one wave (one engine call per turn), recorded as chats; the value chooser reads V at the next
+    prompt of each distinct candidate and plays the best."""
+    import torch
+
+    from agents.engines import HFEngine
+    from agents.game_chat import ChatGameAdapter, ValueChooser, chat_record, play_games
+    from experiments.collect_alfworld_experts import make_env
+
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer)
+    envs = [make_env(False, 50) for _ in range(2)]
+    scratch = make_env(False, 50)
+    try:
+        adapter = ChatGameAdapter.from_env(envs[0])
+        timings: dict[str, float] = {}
+        ids = ["gen-train-000000", "gen-train-000001"]
+        chats = play_games(engine, envs, ids, adapter, max_steps=2, max_new_tokens=6, timings=timings)
+        assert engine.stats.calls == 2 and timings["env_steps"] == 4
+        assert [c.problem_id for c in chats] == ids and all(len(c.commands) == 2 for c in chats)
+        prompt = chats[0].prompt()
+        assert [m["role"] for m in prompt] == ["user", "assistant", "user", "assistant", "user"]
+        record = chat_record(chats[0])
+        assert record["correct"] is False and len(record["extras"]["conversations"]) == 4
+
+        class Probe(
+            torch.nn.Module
+        ):  # a value that prefers prompts whose last hidden state has a large feature 0
+            def forward(self, hidden):
+                return hidden[..., :1]
+
+        chooser = ValueChooser(model, Probe(), tokenizer, scratch)
+        picks_chats = play_games(
+            engine,
+            envs[:1],
+            ids[:1],
+            adapter,
+            max_steps=1,
+            max_new_tokens=6,
+            temperature=1.0,
+            num_candidates=3,
+            chooser=chooser,
+            seed=0,
+        )
+        assert len(picks_chats[0].commands) == 1 and chooser.values_read >= 1
+        shown = ChatGameAdapter(show_admissible=True).start(
+            "task\n\nAdmissible commands: look", {"admissible_commands": ["look"]}
+        )
+        assert shown.prompt()[0]["content"] == "task\n\nAdmissible commands: look"
+    finally:
+        for env in envs + [scratch]:
+            env.close()
+
+
+def test_eval_script_writes_table_json_png(tmp_path):
+    from agents.engines.testing import save_tiny_model
+    from experiments.eval_alfworld import main
+
+    policy = save_tiny_model(tmp_path / "tiny")
+    results = main(
+        [
+            "--policy",
+            str(policy),
+            "--games",
+            "2",
+            "--split",
+            "train",
+            "--max-steps",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path / "eval"),
+            "--record",
+            str(tmp_path / "rollouts.jsonl"),
+        ]
+    )
+    greedy = results["modes"]["greedy"]
+    assert greedy["per_task"]["all"]["games"] == 2 and greedy["env_steps"] == 4
+    for name in ("results.json", "results.md", "results.png"):
+        assert (tmp_path / "eval" / name).is_file()
+    from agents.rl.oreo_data import load_trajectories
+
+    assert len(load_trajectories(tmp_path / "rollouts.jsonl")) == 2
