@@ -23,7 +23,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tyro
@@ -52,6 +52,11 @@ class CollectExpertsConfig:
     """Write the admissible commands at the end of every user turn of the chat (the env option of that name)."""
     model: str = "smollm2-135m-instruct"
     """Tokenizer for the commands' token ids and the context measurement (name, HF id or folder)."""
+    expert: Literal["planner", "handcoded"] = "planner"
+    """``planner``: fast-downward, optimal but omniscient (it walks straight to objects the text has not shown);
+    ``handcoded``: ALFWorld's own expert, which explores like a person (longer games; fails pick_two games)."""
+    keep_lost: bool = False
+    """Also write games the expert did not win (never the case for the planner)."""
     max_steps: int = 50
     """Step limit per game (the planner needs ~6)."""
     cache_dir: str | None = None
@@ -91,10 +96,25 @@ def make_env(show_admissible: bool, max_steps: int, cache_dir: str | None = None
     )
 
 
-def play_expert(env: Any, problem_id: str, adapter: Any, tokenizer: Any, max_steps: int) -> Any:
-    """One planner game as a ``GameChat`` (commands with their token ids, replies, outcome)."""
+def play_expert(
+    env: Any, problem_id: str, adapter: Any, tokenizer: Any, max_steps: int, expert: str = "planner"
+) -> Any:
+    """One expert game as a ``GameChat`` (commands with their token ids, replies, outcome)."""
     observation, info = env.reset(options={"problem_id": problem_id})
     chat = adapter.start(observation, info)
+    if expert == "handcoded":
+        from reasoning_gym.alfworld.expert import HandcodedExpert
+
+        follower = HandcodedExpert(seed=0)
+        command = follower.reset(env)
+        while not chat.done:
+            _, _, terminated, truncated, info = env.step(command)
+            ids = list(tokenizer(command, add_special_tokens=False)["input_ids"])
+            chat.add(command, str(info["feedback"]), info["admissible_commands"], ids)
+            chat.won = bool(info["is_success"])
+            chat.done = terminated or truncated or len(chat.commands) >= max_steps
+            command = follower.step(env, command)
+        return chat
     while not chat.done:
         plan = env.unwrapped.expert_plan()
         if not plan:
@@ -148,8 +168,9 @@ def collect(config: CollectExpertsConfig) -> dict[str, Any]:
     lengths, won, per_type = [], 0, Counter()
     try:
         for problem_id in tqdm(split["train"], desc="expert games", disable=not config.progress):
-            chat = play_expert(env, problem_id, adapter, tokenizer, config.max_steps)
-            append_jsonl(records_path, chat_record(chat, expert="planner", tokenizer=config.model))
+            chat = play_expert(env, problem_id, adapter, tokenizer, config.max_steps, config.expert)
+            if chat.won or config.keep_lost:
+                append_jsonl(records_path, chat_record(chat, expert=config.expert, tokenizer=config.model))
             lengths.append(chat_tokens(tokenizer, chat.prompt()))
             won += chat.won
             per_type[chat.task_type] += 1

@@ -103,6 +103,12 @@ def problem_ids(config: EvalALFWorldConfig) -> list[str]:
     return game_split(config.seed, 0, config.games, config.split)["heldout"]
 
 
+def policy_label(policy: str) -> str:
+    """The folder name (its parent's for a saved agent's ``.../<run>/agent``)."""
+    path = Path(policy)
+    return path.parent.name if path.name == "agent" and path.parent.name else path.name
+
+
 def load_value(folder: str, policy_model: Any) -> tuple[Any, Any]:
     """``(backbone, head)`` of a saved OREO agent: its own value LM, or a head on the policy (``shared``)."""
     import torch
@@ -172,7 +178,7 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
     adapter = ChatGameAdapter.from_env(envs[0])
     results: dict[str, Any] = {
         "config": asdict(config),
-        "label": config.label or Path(config.policy).name,
+        "label": config.label or policy_label(config.policy),
         "problem_ids": games,
         "hardware": hardware_info(model_dtype=next(model.parameters()).dtype, autocast=None, device="cpu"),
         "modes": {},

@@ -208,3 +208,16 @@ def test_eval_script_writes_table_json_png(tmp_path):
     from agents.rl.oreo_data import load_trajectories
 
     assert len(load_trajectories(tmp_path / "rollouts.jsonl")) == 2
+
+
+def test_handcoded_expert_chat_wins_a_game(tiny):
+    """The exploring expert (ALFWorld's hand-coded agent) recorded through the same chat."""
+    from agents.game_chat import ChatGameAdapter
+    from experiments.collect_alfworld_experts import make_env, play_expert
+
+    env = make_env(False, 50)
+    try:
+        chat = play_expert(env, "gen-train-000000", ChatGameAdapter.from_env(env), tiny[1], 50, "handcoded")
+    finally:
+        env.close()
+    assert chat.won and len(chat.commands) == len(chat.replies) == len(chat.token_ids) >= 2
