@@ -629,7 +629,8 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
 
     def report(stage: StageResult, extra: str = "") -> None:
         how = "reused" if stage.reused else "built"
-        print(f"[{stage.name}] {how} {stage.folder} ({stage.seconds:.0f} s to build){extra}", flush=True)
+        built = f"{stage.seconds:.0f} s, {stage.cpu_seconds:.0f} CPU-s to build"
+        print(f"[{stage.name}] {how} {stage.folder} ({built}){extra}", flush=True)
 
     # 1. the policy
     env_part = {
@@ -750,6 +751,7 @@ def write_report(
                 "folder": str(s.folder),
                 "reused": s.reused,
                 "build_seconds": s.seconds,
+                "build_cpu_seconds": s.cpu_seconds,
                 "summary": s.summary,
             }
             for name, s in stages.items()
@@ -787,7 +789,10 @@ def write_report(
     )
     print(
         f"wall time {wall:.0f} s; stage build times: "
-        + ", ".join(f"{n} {s.seconds:.0f} s{' (reused)' if s.reused else ''}" for n, s in stages.items())
+        + ", ".join(
+            f"{n} {s.seconds:.0f} s ({s.cpu_seconds:.0f} CPU-s){' reused' if s.reused else ''}"
+            for n, s in stages.items()
+        )
     )
     return summary
 
