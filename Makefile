@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 install:
 	bash scripts/install.sh
 
-demo: install  ## the main job: test-time search agents on openr/Arithmetic-v0 with SmolLM2-135M-Instruct, offline
-	$(PY) -m experiments.benchmark
+demo: install  ## the main job: OpenR's pipeline (SFT -> step labels -> PRM -> search at equal compute), offline
+	$(PY) -m experiments.main_job
 
 test: install  ## every default test (slow ones excluded: `pytest -m slow` runs those)
 	$(PY) -m pytest -m "not slow" --timeout=900

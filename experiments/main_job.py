@@ -480,8 +480,42 @@ def equal_compute_gaps(
     return gaps
 
 
+def candidate_ranking(cells: Sequence[dict[str, Any]], aggregation: str) -> dict[str, float]:
+    """How well the PRM separates right from wrong best-of-N candidates on the held-out sets (a diagnosis; the
+    largest budget's samples): ROC-AUC of the aggregated score over all candidates, and within problems (the share of
+    (right, wrong) candidate pairs of one problem the PRM orders right, ties half): what re-ranking needs."""
+    from experiments.train_prm import binary_auc
+    from rewards.prm import aggregate_scores
+
+    runs = [c for c in cells if c["run"] == "best_of_n"]
+    if not runs:
+        return {}
+    largest = max(c["budget"] for c in runs)
+    scores, labels, pairs, ordered = [], [], 0, 0.0
+    for cell in (c for c in runs if c["budget"] == largest):
+        for result in cell["results"]:
+            values = [aggregate_scores(s, aggregation) for s in result["candidate_scores"]]
+            right = [v for v, ok in zip(values, result["candidate_correct"]) if ok]
+            wrong = [v for v, ok in zip(values, result["candidate_correct"]) if not ok]
+            scores += values
+            labels += list(result["candidate_correct"])
+            for r in right:
+                for w in wrong:
+                    pairs += 1
+                    ordered += 1.0 if r > w else 0.5 if r == w else 0.0
+    return {
+        "budget": largest,
+        "candidate_auc": binary_auc(scores, labels),
+        "within_problem_pair_accuracy": ordered / pairs if pairs else float("nan"),
+        "within_problem_pairs": pairs,
+    }
+
+
 def verdict(
-    rows: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], auc: float | None
+    rows: Sequence[dict[str, Any]],
+    gaps: Sequence[dict[str, Any]],
+    auc: float | None,
+    ranking: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Did PRM-guided search beat majority vote by >= 5 points at equal compute at a budget >= 4, and does its
     accuracy rise with compute? With the numbers that explain the answer either way."""
@@ -502,6 +536,7 @@ def verdict(
         "greedy_accuracy": greedy,
         "majority_accuracy_per_budget": majority,
         "pass_at_k_per_budget": pass_at_k,
+        "held_out_candidate_ranking": ranking or {},
     }
 
 
@@ -734,7 +769,7 @@ def write_report(
     rows = method_rows(cells, config)
     gaps = equal_compute_gaps(rows)
     auc = stages["prm"].summary.get("auc") if "prm" in stages else None
-    result_verdict = verdict(rows, gaps, auc)
+    result_verdict = verdict(rows, gaps, auc, candidate_ranking(cells, config.prm_aggregation))
     search = stages["search"]
     title = (
         f"{config.env} levels {list(config.levels)} | {Path(config.model).name} + SFT {config.sft_steps} steps | "
@@ -784,6 +819,13 @@ def write_report(
         + "; pass@k (best-of-N) per budget "
         + ", ".join(f"{b}: {a:.3f}" for b, a in v["pass_at_k_per_budget"].items())
     )
+    ranking = v["held_out_candidate_ranking"]
+    if ranking:
+        print(
+            f"  the PRM on the held-out best-of-{ranking['budget']} candidates: AUC {ranking['candidate_auc']:.3f}; "
+            f"orders {ranking['within_problem_pair_accuracy']:.3f} of {ranking['within_problem_pairs']} "
+            "(right, wrong) pairs of the same problem right"
+        )
     print(
         f"results: {out / 'results.json'}\nplot: {png}\ntensorboard: tensorboard --logdir {out / 'tensorboard'}"
     )

@@ -145,7 +145,7 @@ def test_identical_candidates_are_scored_once_and_charged_once(tiny):
 
 
 def test_methods_reselect_the_same_samples_and_gaps_compare_at_equal_compute():
-    from experiments.main_job import MainJobConfig, equal_compute_gaps, method_rows
+    from experiments.main_job import MainJobConfig, candidate_ranking, equal_compute_gaps, method_rows
 
     def result(correct, answers, scores, right, gen=10, prm=5):
         return {
@@ -166,6 +166,9 @@ def test_methods_reselect_the_same_samples_and_gaps_compare_at_equal_compute():
     assert by[("majority_vote", 3)]["accuracy"] == 0.0 and by[("prm_vote", 3)]["accuracy"] == 1.0
     assert by[("prm_best_of_n", 3)]["accuracy"] == 1.0
     assert by[("majority_vote", 3)]["compute"] == 12 and by[("prm_vote", 3)]["compute"] == 17
+    ranking = candidate_ranking(cells, "min")
+    assert ranking["budget"] == 3 and ranking["within_problem_pairs"] == 2
+    assert ranking["within_problem_pair_accuracy"] == 1.0 and ranking["candidate_auc"] == 1.0
     gaps = {(g["method"], g["budget"]): g for g in equal_compute_gaps(rows)}
     # majority's curve: (6, 0.0) and (12, 0.0); the PRM vote at 17 is beyond it -> compared with majority at 12
     assert gaps[("prm_vote", 3)]["gap"] == 1.0 and gaps[("prm_vote", 3)]["beyond_majority_range"]
