@@ -560,7 +560,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
         (line,) = ax.plot(xs, [p[1] for p in points], marker="o", label=method)
         if len(points) > 1:
             ax.fill_between(
-                xs, [p[2] for p in points], [p[3] for p in points], color=line.get_color(), alpha=0.15
+                xs, [p[2] for p in points], [p[3] for p in points], color=line.get_color(), alpha=0.1
             )
         else:
             ax.errorbar(
@@ -611,6 +611,10 @@ def _table(rows: Sequence[dict[str, Any]]) -> Any:
                 cells.append(fmt.format(row[key]))
         table.add_row(*cells)
     return table
+
+
+def _cpu(stage: StageResult) -> str:
+    return f" ({stage.cpu_seconds:.0f} CPU-s)" if stage.cpu_seconds else ""
 
 
 def write_tensorboard(folder: Path, rows: Sequence[dict[str, Any]], stages: dict[str, StageResult]) -> None:
@@ -664,7 +668,7 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
 
     def report(stage: StageResult, extra: str = "") -> None:
         how = "reused" if stage.reused else "built"
-        built = f"{stage.seconds:.0f} s, {stage.cpu_seconds:.0f} CPU-s to build"
+        built = f"{stage.seconds:.0f} s{_cpu(stage)} to build"
         print(f"[{stage.name}] {how} {stage.folder} ({built}){extra}", flush=True)
 
     # 1. the policy
@@ -772,8 +776,8 @@ def write_report(
     result_verdict = verdict(rows, gaps, auc, candidate_ranking(cells, config.prm_aggregation))
     search = stages["search"]
     title = (
-        f"{config.env} levels {list(config.levels)} | {Path(config.model).name} + SFT {config.sft_steps} steps | "
-        f"PRM AUC {auc:.2f} | {config.problem_sets} sets x {config.problems_per_set} problems"
+        f"{config.env} levels {list(config.levels)} | {Path(config.model).name} + SFT {config.sft_steps} steps\n"
+        f"PRM step AUC {auc:.2f} | {config.problem_sets} held-out sets x {config.problems_per_set} problems"
     )
     png = plot(rows, out / "accuracy_vs_compute.png", title)
     write_tensorboard(out / "tensorboard", rows, stages)
@@ -832,8 +836,7 @@ def write_report(
     print(
         f"wall time {wall:.0f} s; stage build times: "
         + ", ".join(
-            f"{n} {s.seconds:.0f} s ({s.cpu_seconds:.0f} CPU-s){' reused' if s.reused else ''}"
-            for n, s in stages.items()
+            f"{n} {s.seconds:.0f} s{_cpu(s)}{' reused' if s.reused else ''}" for n, s in stages.items()
         )
     )
     return summary
