@@ -237,9 +237,9 @@ def build_labels(config: MainJobConfig, folder: Path, engine: Any, policy: str) 
 
 
 def prm_train_config(config: MainJobConfig, policy: str, labels: str, folder: Path) -> Any:
-    from experiments.train_prm import TrainConfig
+    from experiments.train_prm import PRMTrainConfig
 
-    return TrainConfig(
+    return PRMTrainConfig(
         data=[labels],
         eval_fraction=config.prm_eval_fraction,
         model=policy,
