@@ -57,6 +57,7 @@ METHODS: dict[str, tuple[str, str | None, bool]] = {
     "prm_best_of_n": ("best_of_n", "prm_{agg}_max", True),
     "prm_beam_search": ("beam_search", None, True),
     "mcts": ("mcts", None, True),
+    "oreo_beam_search": ("oreo_beam_search", None, True),
 }
 
 
@@ -99,6 +100,11 @@ class MainJobConfig:
     """Labelled solutions per PRM optimizer step."""
     prm_eval_fraction: float = 0.2
     """Training questions held out of PRM training to measure its step AUC (never the search problems)."""
+    oreo_steps: int = 0
+    """OREO updates (``agents.OREO``, soft-Bellman policy + value learning) on the labels stage's sampled solutions
+    and their outcomes; > 0 adds OREO's value-guided beam search to the methods (0: no OREO stage)."""
+    oreo_batch_size: int = 16
+    """Trajectories per OREO update."""
     prm_aggregation: str = "min"
     """How a candidate's step scores combine for PRM vote / best-of-N / beam and MCTS answers: ``min``
     (Math-Shepherd) or ``last``."""
@@ -272,18 +278,83 @@ def build_prm(config: MainJobConfig, folder: Path, policy: str, labels: str) -> 
     }
 
 
+# --- optional: OREO -------------------------------------------------------------------------------------------
+
+
+def build_oreo(
+    config: MainJobConfig, folder: Path, policy: str, labels: Path, instruction: str
+) -> dict[str, Any]:
+    """OREO (``agents.OREO``, separate value model) trained offline on the labels stage's sampled solutions with their
+    outcomes as rewards; its value model is saved in ``agent/value``."""
+    import torch
+
+    from agents import OREO
+    from agents.engines import HFEngine, load_model
+    from agents.rl.oreo import OREOConfig
+    from agents.rl.oreo_data import OREOTrajectory
+
+    print("stage 3b OREO (value-guided beam search)", flush=True)
+    samples = [json.loads(line) for line in (labels / "samples.jsonl").read_text().splitlines()]
+    trajectories = [
+        OREOTrajectory(
+            float(s["correct"]), s["question"], instruction, s["steps"], problem_id=s["problem_id"]
+        )
+        for s in samples
+    ]
+    model, tokenizer = load_model(policy, dtype=torch.float32)
+    engine = HFEngine(model, tokenizer, num_threads=config.threads)
+    oreo_config = OREOConfig(
+        seed=config.seed,
+        batch_size=config.oreo_batch_size,
+        log_dir=str(folder / "log"),
+        log_formats=("csv", "tensorboard"),
+        verbose=0,
+    )
+    agent = OREO(engine, config.env, oreo_config, env_kwargs=env_kwargs(config, config.levels))
+    bar = _bar(config, config.oreo_steps, "stage 3b OREO")
+    agent.learn(
+        config.oreo_steps, callback=lambda locals_, globals_: bar.update(1) or True, data=trajectories
+    )
+    bar.close()
+    agent.save(folder / "agent")
+    return {"agent": "agent", "trajectories": len(trajectories)}
+
+
+def load_oreo_value(stage: StageResult, engine: Any, env: Any, dtype: Any) -> Any:
+    """The OREO value model as a search scorer on the search engine (the value reads the policy's prompts)."""
+    from agents.adapters import adapter_for
+    from agents.rl.oreo_value import ValueScorer
+    from rewards.prm.value_head import CausalLMWithValueHead
+
+    value_lm = CausalLMWithValueHead.from_pretrained(
+        stage.folder / stage.summary["agent"] / "value", dtype=dtype
+    )
+    value_lm.eval()
+    adapter = adapter_for(env)
+    return ValueScorer(
+        value_lm.backbone,
+        value_lm.v_head,
+        engine,
+        instruction=getattr(adapter, "instruction", ""),
+        adapter=adapter,
+    )
+
+
 # --- stage 4: search -------------------------------------------------------------------------------------------
 
 
 def search_runs(config: MainJobConfig) -> list[tuple[str, int]]:
     """(run, budget) pairs; greedy runs once."""
     runs = [("greedy", 1)]
-    for name in ("best_of_n", "beam_search", "mcts"):
+    names = ["best_of_n", "beam_search", "mcts"] + (["oreo_beam_search"] if config.oreo_steps > 0 else [])
+    for name in names:
         runs += [(name, b) for b in config.budgets]
     return runs
 
 
-def make_agent(run: str, budget: int, config: MainJobConfig, engine: Any, env: Any, prm: Any) -> Any:
+def make_agent(
+    run: str, budget: int, config: MainJobConfig, engine: Any, env: Any, prm: Any, value: Any = None
+) -> Any:
     import agents
 
     common = {
@@ -306,6 +377,10 @@ def make_agent(run: str, budget: int, config: MainJobConfig, engine: Any, env: A
         return agents.MCTS(
             engine, env, prm=prm, num_simulations=budget, num_expansions=2, selection=vote, **common
         )
+    if run == "oreo_beam_search":  # OREO's test-time procedure: keep the best states by V, answer the best V
+        return agents.BeamSearch(
+            engine, env, prm=value, beam_width=budget, num_expansions=2, selection="prm_last_max", **common
+        )
     raise ValueError(f"unknown search run {run!r}")
 
 
@@ -326,7 +401,7 @@ def held_out_sets(config: MainJobConfig, env: Any, exclude: set[str]) -> list[li
 
 
 def build_search(
-    config: MainJobConfig, folder: Path, engine: Any, prm: Any, exclude: set[str]
+    config: MainJobConfig, folder: Path, engine: Any, prm: Any, exclude: set[str], value: Any = None
 ) -> dict[str, Any]:
     """Every (run, budget) on every held-out set; finished cells go to ``cells.jsonl`` at once, so an interrupted
     build resumes where it stopped."""
@@ -353,7 +428,7 @@ def build_search(
                     bar.update(len(problems))
                     continue
                 bar.set_postfix_str(f"{run} budget={budget} set={index}")
-                agent = make_agent(run, budget, config, engine, env, prm)
+                agent = make_agent(run, budget, config, engine, env, prm, value)
                 reset = getattr(engine, "reset_prefix_cache", None)
                 if reset is not None:  # each cell's prompt re-use is its own
                     reset()
@@ -746,16 +821,34 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
         )
     }
     exclude = set(json.loads((labels.folder / "problem_ids.json").read_text()))
+    search_inputs = [policy_key, prm_stage.key]
+    if config.oreo_steps > 0:
+        oreo_config = {"steps": config.oreo_steps, "batch_size": config.oreo_batch_size, "seed": config.seed}
+        stages["oreo"] = cache.run(
+            "oreo",
+            {**env_part, **oreo_config},
+            [policy_key, labels.key],
+            lambda folder: build_oreo(config, folder, policy, labels.folder, labels.summary["instruction"]),
+        )
+        report(stages["oreo"])
+        search_inputs.append(stages["oreo"].key)
 
     def build(folder: Path) -> dict[str, Any]:
+        import gymnasium as gym
+
         from rewards.prm import load_prm
 
         prm = load_prm(
             prm_stage.folder / prm_stage.summary["model"], dtype=_model_dtype(config), batch_size=32
         )
-        return build_search(config, folder, engine(), prm, exclude)
+        value = None
+        if "oreo" in stages:
+            probe = gym.make(config.env, **env_kwargs(config, config.levels))
+            value = load_oreo_value(stages["oreo"], engine(), probe, _model_dtype(config))
+            probe.close()
+        return build_search(config, folder, engine(), prm, exclude, value)
 
-    stages["search"] = cache.run("search", {**env_part, **search_config}, [policy_key, prm_stage.key], build)
+    stages["search"] = cache.run("search", {**env_part, **search_config}, search_inputs, build)
     search = stages["search"]
     report(search)
     cells = [json.loads(line) for line in (search.folder / search.summary["cells"]).read_text().splitlines()]

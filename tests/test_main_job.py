@@ -191,6 +191,7 @@ def test_main_job_runs_every_stage_then_reuses_them(tmp_path, capsys):
         "--label-samples", "2", "--label-rollouts", "1", "--prm-epochs", "1", "--prm-batch-size", "2",
         "--prm-trainable-layers", "1", "--budgets", "1", "2", "--problem-sets", "2", "--problems-per-set", "2",
         "--max-steps", "2", "--max-new-tokens", "3", "--dtype", "float32", "--threads", "1",
+        "--oreo-steps", "1", "--oreo-batch-size", "2",
         "--out", str(tmp_path / "job"), "--no-progress",
     ]  # fmt: skip
     threads = torch.get_num_threads()
@@ -203,7 +204,17 @@ def test_main_job_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert all(s["reused"] for s in second["stages"].values())
     assert first["rows"] == second["rows"]
     methods = {r["method"] for r in first["rows"]}
-    assert methods == {"greedy", "majority_vote", "prm_vote", "prm_best_of_n", "prm_beam_search", "mcts"}
+    assert methods == {
+        "greedy",
+        "majority_vote",
+        "prm_vote",
+        "prm_best_of_n",
+        "prm_beam_search",
+        "mcts",
+        "oreo_beam_search",
+    }
+    oreo_rows = [r for r in first["rows"] if r["method"] == "oreo_beam_search"]
+    assert all(r["prm_tokens"] > 0 for r in oreo_rows)  # the value model's reading is counted
     assert all(len(r["accuracy_per_set"]) == 2 for r in first["rows"])
     saved = json.loads((tmp_path / "job" / "results.json").read_text())
     assert set(saved["verdict"]) >= {"beats_majority_by_5_points", "prm_auc", "pass_at_k_per_budget"}

@@ -107,6 +107,7 @@ class ValueScorer:
         for node in nodes:
             ids = self._encode(adapter.prompt(self.engine, node.info, node.observation))
             encoded.append((ids, [len(ids) - 1]))
+            ledgers[node.problem].prm_tokens += len(ids)  # the compute a test-time scaling curve counts
             parent_length = self._prompt_lengths.get(id(node.parent), 0) if node.parent is not None else 0
             self._prompt_lengths[id(node)] = len(ids)
             self.new_tokens += max(len(ids) - parent_length, 0) if parent_length else len(ids)
