@@ -221,3 +221,31 @@ def test_handcoded_expert_chat_wins_a_game(tiny):
     finally:
         env.close()
     assert chat.won and len(chat.commands) == len(chat.replies) == len(chat.token_ids) >= 2
+
+
+def test_value_chooser_plays_the_highest_value_and_a_winning_command(tiny):
+    """Known answers: with V fixed per command the best-valued candidate is chosen; a candidate that wins the game
+    beats any V below 1; the real game is left as it was (candidates run on the scratch copy)."""
+    from agents.game_chat import ChatGameAdapter, ValueChooser
+    from experiments.collect_alfworld_experts import make_env
+
+    env, scratch = make_env(False, 50), make_env(False, 50)
+    try:
+        adapter = ChatGameAdapter.from_env(env)
+        observation, info = env.reset(options={"problem_id": "gen-train-000000"})
+        chat = adapter.start(observation, info)
+        chooser = ValueChooser(tiny[0], None, tiny[1], scratch)
+        chooser.values = lambda prompts: [0.9 if p[-2]["content"] == "inventory" else 0.2 for p in prompts]
+        assert chooser([chat], [env], [["look", "inventory", "look"]]) == [1]
+        plan = env.unwrapped.expert_plan()
+        for command in plan[:-1]:
+            _, _, _, _, info = env.step(command)
+            chat.add(command, info["feedback"], info["admissible_commands"], None)
+        before = env.unwrapped.get_state()
+        assert chooser([chat], [env], [["inventory", plan[-1]]]) == [1]
+        assert env.unwrapped.get_state() == before
+        _, _, terminated, _, info = env.step(plan[-1])
+        assert terminated and info["is_success"]
+    finally:
+        env.close()
+        scratch.close()
