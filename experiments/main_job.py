@@ -24,6 +24,7 @@ comparison, writes ``results.json``, ``accuracy_vs_compute.png`` and TensorBoard
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -32,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from experiments.stages import StageCache, StageResult, path_fingerprint
 
@@ -105,7 +106,7 @@ class MainJobConfig:
     and their outcomes; > 0 adds OREO's value-guided beam search to the methods (0: no OREO stage)."""
     oreo_batch_size: int = 16
     """Trajectories per OREO update."""
-    prm_aggregation: str = "min"
+    prm_aggregation: Literal["min", "last"] = "min"
     """How a candidate's step scores combine for PRM vote / best-of-N / beam and MCTS answers: ``min``
     (Math-Shepherd) or ``last``."""
     budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -230,11 +231,13 @@ def collect_config(config: MainJobConfig, policy: str, out: str) -> Any:
 
 
 def build_labels(config: MainJobConfig, folder: Path, engine: Any, policy: str) -> dict[str, Any]:
+    """``collect_prm_data.collect`` on the training problems; also lists their ids (the search excludes them)."""
     from experiments.collect_prm_data import collect
 
     print("stage 2/4 Monte-Carlo step labels (collect_prm_data)", flush=True)
     summary = collect(collect_config(config, policy, str(folder)), engine, config.progress)
-    ids = sorted({json.loads(line)["problem_id"] for line in open(folder / "samples.jsonl")})
+    samples = (folder / "samples.jsonl").read_text().splitlines()
+    ids = sorted({json.loads(line)["problem_id"] for line in samples if line.strip()})
     (folder / "problem_ids.json").write_text(json.dumps(ids))
     return {k: v for k, v in summary.items() if k not in ("config", "few_shot_messages")}
 
@@ -732,14 +735,13 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
     out = Path(config.out)
     cache = StageCache(out / "stages", fresh=config.fresh)
     stages: dict[str, StageResult] = {}
-    engine_box: dict[str, Any] = {}
 
-    def engine() -> Any:  # built once, only when a stage has to run
-        if "engine" not in engine_box:
-            from agents.engines import HFEngine
+    @functools.cache
+    def engine() -> Any:
+        """The policy's engine for labelling and search: built once, and only when one of them has to run."""
+        from agents.engines import HFEngine
 
-            engine_box["engine"] = HFEngine(policy, dtype=config.dtype, num_threads=config.threads)
-        return engine_box["engine"]
+        return HFEngine(policy, dtype=config.dtype, num_threads=config.threads)
 
     def report(stage: StageResult, extra: str = "") -> None:
         how = "reused" if stage.reused else "built"
@@ -747,14 +749,14 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
         print(f"[{stage.name}] {how} {stage.folder} ({built}){extra}", flush=True)
 
     # 1. the policy
-    env_part = {
+    env_identity = {
         "env": config.env,
         "env_kwargs": config.env_kwargs,
         "data": path_fingerprint(config.data) if config.data else "",
     }
     if config.sft_steps > 0:
         sft_config = {
-            **env_part,
+            **env_identity,
             "model": path_fingerprint(config.model),
             "levels": list(config.sft_levels),
             "steps": config.sft_steps,
@@ -770,7 +772,7 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
         print(f"[policy] {policy} as it is (--sft-steps 0)", flush=True)
 
     # 2. Monte-Carlo labels
-    label_config = {**env_part, **asdict(collect_config(config, "", "")), "model": "", "out": ""}
+    label_config = {**env_identity, **asdict(collect_config(config, "", "")), "model": "", "out": ""}
     stages["labels"] = cache.run(
         "labels", label_config, [policy_key], lambda folder: build_labels(config, folder, engine(), policy)
     )
@@ -826,7 +828,7 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
         oreo_config = {"steps": config.oreo_steps, "batch_size": config.oreo_batch_size, "seed": config.seed}
         stages["oreo"] = cache.run(
             "oreo",
-            {**env_part, **oreo_config},
+            {**env_identity, **oreo_config},
             [policy_key, labels.key],
             lambda folder: build_oreo(config, folder, policy, labels.folder, labels.summary["instruction"]),
         )
@@ -848,7 +850,7 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
             probe.close()
         return build_search(config, folder, engine(), prm, exclude, value)
 
-    stages["search"] = cache.run("search", {**env_part, **search_config}, search_inputs, build)
+    stages["search"] = cache.run("search", {**env_identity, **search_config}, search_inputs, build)
     search = stages["search"]
     report(search)
     cells = [json.loads(line) for line in (search.folder / search.summary["cells"]).read_text().splitlines()]
