@@ -16,6 +16,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "search.beam_search": ["BeamSearch"],
         "search.mcts": ["MCTS"],
         "rl.grpo": ["GRPO"],
+        "rl.oreal": ["OREAL"],
         "rl.ppo": ["PPO"],
         "rl.sft": ["SFT"],
         "rl.oreo": ["OREO"],

@@ -45,6 +45,11 @@ class Completion:
     """Prompt tokens this completion's request actually had to process (after any prefix/KV reuse)."""
     stop_reason: str | None = None
     """The stop string that ended the completion (``finish_reason == "stop"``), else None."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Sampled tokens after ``token_ids`` that wrote the stop string (empty unless ``finish_reason == "stop"``).
+    ``token_ids + stop_token_ids`` is exactly what the model sampled: a trainer trains on both."""
+    stop_logprobs: list[float] = field(default_factory=list)
+    """The log-probs of ``stop_token_ids``."""
 
 
 @dataclass

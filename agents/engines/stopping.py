@@ -63,6 +63,8 @@ def finish_completion(
     if hit is not None:
         at, stop = hit
         keep = tokens_covering(tokenizer, ids, at)
-        return Completion(text[:at], ids[:keep], lps[:keep], "stop", prompt_tokens, stop)
+        return Completion(
+            text[:at], ids[:keep], lps[:keep], "stop", prompt_tokens, stop, ids[keep:], lps[keep:]
+        )
     reason = "eos" if ids and ids[-1] in eos_token_ids else "length"
     return Completion(text, ids, lps, reason, prompt_tokens)

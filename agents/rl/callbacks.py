@@ -1,8 +1,10 @@
 """Training callbacks in the Stable-Baselines3 style: ``on_step`` returns False to stop training.
 
-The trainable agents call ``on_training_start`` once, ``on_rollout_end`` after each batch of episodes, ``on_step``
-after each policy update (``num_timesteps`` counts updates) and ``on_training_end`` once. A plain function
-``fn(locals, globals) -> bool`` is accepted wherever a callback is, as in SB3.
+The trainable agents call ``on_training_start`` once, ``on_rollout_end`` after each batch of episodes is collected,
+``on_step`` after each policy update and ``on_training_end`` once. As in SB3, ``num_timesteps`` counts env steps;
+``agent.num_updates`` counts policy updates (SB3 calls ``on_step`` after every vector-env step; here the unit a
+callback can stop at is one update, so ``n_calls`` counts updates). A plain function ``fn(locals, globals) -> bool``
+is accepted wherever a callback is, as in SB3.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class EvalCallback(BaseCallback):
         self.history.append((self.num_timesteps, metrics))
         for key, value in metrics.items():
             self.logger.record(f"eval/{key}", value)
-        self.logger.record("time/updates", self.num_timesteps)
+        self.logger.record("time/updates", getattr(self.agent, "num_updates", self.n_calls))
 
     def _on_training_start(self) -> None:
         if self.num_timesteps == 0 and self.evaluate_at_start:

@@ -14,7 +14,7 @@ from agents.engines.logprobs import _position_ids, hidden_states
 from agents.engines.prefix_cache import full_attention_cache
 from agents.rl.rollout import TokenBatch
 
-__all__ = ["PolicyOutput", "policy_forward", "prompt_groups"]
+__all__ = ["PolicyOutput", "policy_forward", "prompt_groups", "response_scores"]
 
 
 @dataclass
@@ -65,14 +65,9 @@ def policy_forward(
         return PolicyOutput(
             *(None if t is None else t.to(home) for t in (out.logprobs, out.entropy, out.values))
         )
-    rows, cols = batch.response_mask.nonzero(as_tuple=True)
+    rows, cols, picked_hidden = _picked_hidden(model, batch)
     positions = batch.response_positions[rows, cols]
     picked_targets = batch.input_ids[:, 1:][rows, positions]
-    groups = prompt_groups(batch)
-    if len(groups) < len(batch) and full_attention_cache(model):
-        picked_hidden = _response_hidden_shared_prompts(model, batch, groups)[rows, cols]
-    else:
-        picked_hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1][rows, positions]
     head = model.get_output_embeddings()
     logp_pieces, entropy_pieces = [], []
     for start in range(0, rows.numel(), chunk_size):
@@ -99,6 +94,29 @@ def policy_forward(
             (rows, cols), values
         )
     return out
+
+
+def _picked_hidden(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, hidden): the final hidden state before each response token, in ``response_mask`` order."""
+    rows, cols = batch.response_mask.nonzero(as_tuple=True)
+    positions = batch.response_positions[rows, cols]
+    groups = prompt_groups(batch)
+    if len(groups) < len(batch) and full_attention_cache(model):
+        return rows, cols, _response_hidden_shared_prompts(model, batch, groups)[rows, cols]
+    return rows, cols, hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1][rows, positions]
+
+
+def response_scores(model: Any, batch: TokenBatch, head: torch.nn.Module) -> torch.Tensor:
+    """``(B, R)`` ``head(hidden)`` at the state before each response token (0 on padding): a scalar head on a
+    causal LM's hidden states, e.g. OREAL's token-level reward model, without the vocabulary projection."""
+    home, device = batch.input_ids.device, next(model.parameters()).device
+    if device != home:
+        moved = TokenBatch(*(getattr(batch, f.name).to(device) for f in fields(batch)))
+        return response_scores(model, moved, head).to(home)
+    rows, cols, hidden = _picked_hidden(model, batch)
+    scores = head(hidden.float()).squeeze(-1).float()
+    shape = batch.response_mask.shape
+    return torch.zeros(shape, dtype=torch.float32, device=hidden.device).index_put((rows, cols), scores)
 
 
 def prompt_groups(batch: TokenBatch) -> list[list[int]]:

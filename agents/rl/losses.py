@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "aggregate_token_loss",
+    "clip_fraction",
     "clipped_policy_loss",
     "clipped_value_loss",
     "explained_variance",
@@ -19,12 +21,19 @@ __all__ = [
     "k3_kl",
     "masked_mean",
     "masked_whiten",
+    "oreal_kl_penalty",
+    "oreal_negative_loss",
+    "oreal_positive_loss",
+    "oreal_token_weights",
     "oreo_kl",
     "oreo_policy_loss",
     "oreo_step_sums",
     "oreo_value_loss",
     "process_group_advantages",
+    "rloo_advantages",
     "step_rewards_to_tokens",
+    "threshold_rescale",
+    "token_reward_model_loss",
 ]
 
 
@@ -139,15 +148,20 @@ def clipped_policy_loss(
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), per token, negated to be a loss.
 
     L = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(logp - logp_old).
-    Returns (per-token loss, per-token 0/1 'was clipped' indicator for the clip-fraction statistic).
-    GRPO (DeepSeekMath eq. 3) uses the same term with group-normalised advantages.
+    Returns (per-token loss, per-token 0/1 "ratio outside [1 - eps, 1 + eps]" indicator: its mean is SB3's and
+    CleanRL's ``clip_fraction``). GRPO (DeepSeekMath eq. 3) uses the same term with group-normalised advantages.
     """
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped_objective = ratio * advantages
     clipped_objective = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
     loss = -torch.minimum(unclipped_objective, clipped_objective)
-    was_clipped = (clipped_objective < unclipped_objective).to(logprobs.dtype)
-    return loss, was_clipped
+    return loss, clip_fraction(logprobs.detach(), old_logprobs, clip_range)
+
+
+def clip_fraction(logprobs: torch.Tensor, old_logprobs: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """Per token, 1 where the ratio left the clip interval: ``|exp(logp - logp_old) - 1| > eps`` (the
+    definition of SB3's ``train/clip_fraction`` and CleanRL's ``clipfracs``; its masked mean is the fraction)."""
+    return ((torch.exp(logprobs - old_logprobs) - 1.0).abs() > clip_range).to(logprobs.dtype)
 
 
 def clipped_value_loss(
@@ -171,6 +185,114 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     residual = returns - values
     residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     return float("nan") if float(variance) == 0 else float(1.0 - residual_variance / variance)
+
+
+# --- Loss aggregation: how per-token losses become one number ---------------------------------------------------
+
+
+def aggregate_token_loss(
+    loss_tokens: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    total_tokens: float,
+    num_sequences: int,
+    sequence_tokens: torch.Tensor | None = None,
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """A micro-batch's share of its minibatch's loss, so the shares of all micro-batches sum to the loss.
+
+    - ``"token"``: sum over tokens / tokens in the minibatch: every token weighs the same (DAPO, Yu et al. 2025,
+      eq. 8; TRL's default; PPO in SB3 / CleanRL);
+    - ``"sequence"``: each sequence's token mean, averaged over sequences (DeepSeekMath eq. 3: 1/G sum_i 1/|o_i|
+      sum_t); ``sequence_tokens`` ``(B, R)`` gives every token its sequence's length;
+    - ``"constant"``: sum over tokens / (sequences x ``max_tokens``), a constant normaliser (Dr. GRPO, Liu et al.
+      2025, section 3.1: no length bias);
+    - ``"sum"``: the plain sum, for losses whose terms carry their own normalisers (OREAL: token means taken
+      separately over the correct and the incorrect samples, see ``agents.rl.oreal``).
+    """
+    masked = loss_tokens * mask
+    if mode == "token":
+        return masked.sum() / max(float(total_tokens), 1.0)
+    if mode == "sequence":
+        if sequence_tokens is None:
+            raise ValueError("loss aggregation 'sequence' needs sequence_tokens")
+        return (masked / sequence_tokens.clamp(min=1.0)).sum() / max(num_sequences, 1)
+    if mode == "sum":
+        return masked.sum()
+    if mode == "constant":
+        if not max_tokens:
+            raise ValueError("loss aggregation 'constant' needs max_tokens")
+        return masked.sum() / (max(num_sequences, 1) * max_tokens)
+    raise ValueError(f"loss aggregation must be 'token', 'sequence', 'constant' or 'sum', got {mode!r}")
+
+
+# --- OREAL (Lyu et al. 2025, "Exploring the Limit of Outcome Reward for Learning Mathematical Reasoning") --------
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out baseline (Ahmadian et al. 2024; OREAL's ``reward_shaping_type="rloo"``):
+    A_i = r_i - mean_{j != i} r_j within each group of ``group_size`` contiguous samples."""
+    if rewards.numel() % group_size or group_size < 2:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size} >= 2")
+    grouped = rewards.view(-1, group_size)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).view(-1)
+
+
+def oreal_positive_loss(
+    logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """OREAL's behaviour cloning of correct samples (paper section 2: behaviour cloning on best-of-N positives;
+    released ``train_oreal.py``: ``sft_loss * pos_weight * advantage``), per token: -A * w * log pi(y_t). Apply it to correct samples only."""
+    return -advantages * weights * logprobs
+
+
+def oreal_negative_loss(
+    logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """OREAL's reshaped policy gradient on incorrect samples (paper section 2.3: reward shaping for
+    negatives; released ``train_oreal.py``), per token:
+    -A * w * exp(log pi - stopgrad(log pi)). The value is -A * w (the ratio is 1); the gradient is
+    -A * w * grad log pi, so with A < 0 the sample's tokens are pushed down. Apply it to incorrect samples only."""
+    return -advantages * weights * torch.exp(logprobs - logprobs.detach())
+
+
+def oreal_kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """OREAL's KL to the reference on every sample (released code ``kl_type="unbias"``: k3), per token:
+    kl_coef * (exp(ref - logp) - (ref - logp) - 1)."""
+    return kl_coef * k3_kl(logprobs, ref_logprobs)
+
+
+def threshold_rescale(probability: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """OREAL's released ``threshold_rescale``: clamp((p - threshold) / (1 - threshold), 0, 1)."""
+    return ((probability - threshold) / (1.0 - threshold)).clamp(0.0, 1.0)
+
+
+def oreal_token_weights(
+    scores: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token weights from the token-level reward model's scores (paper: token-level reward model;
+    released ``train_oreal.py`` with ``threshold_rescale``): p_t =
+    sigmoid(cumulative mean of the scores up to t), positive weight = threshold_rescale(p_t), negative weight =
+    threshold_rescale(1 - p_t). Returns (positive weights, negative weights), ``(B, T)``, 0 on padding; no
+    gradient flows into the reward model through them."""
+    scores = scores.detach() * mask
+    counts = mask.cumsum(dim=1).clamp(min=1.0)
+    correct_probability = torch.sigmoid(scores.cumsum(dim=1) / counts)
+    positive = threshold_rescale(correct_probability, threshold) * mask
+    negative = threshold_rescale(1.0 - correct_probability, threshold) * mask
+    return positive, negative
+
+
+def token_reward_model_loss(scores: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Per sequence, binary cross-entropy of the mean token score (a logit) against the outcome (1 correct, 0
+    not): OREAL's token-level reward model objective (paper: token-level reward model; released
+    ``train_oreal.py``: BCE with logits)."""
+    sequence_score = masked_mean(scores, mask, dim=1)
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        sequence_score, correct.to(sequence_score.dtype), reduction="none"
+    )
 
 
 # --- OREO: offline soft-Bellman policy and value learning -------------------------------------------------------

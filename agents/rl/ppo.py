@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from agents.rl.forward import policy_forward
+from agents.rl.forward import PolicyOutput
 from agents.rl.losses import (
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
     gae_advantages,
+    masked_mean,
     masked_whiten,
     step_rewards_to_tokens,
 )
-from agents.rl.onpolicy import OnPolicyAgent, OnPolicyConfig
+from agents.rl.onpolicy import OnPolicyAgent, OnPolicyConfig, Prepared
+from agents.rl.rollout import RolloutBatch
 
 __all__ = ["PPO", "PPOConfig", "ppo_token_loss"]
 
@@ -70,10 +71,10 @@ def ppo_token_loss(
     vf_coef: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per token: clipped surrogate (PPO eq. 7, negated) + vf_coef * clipped value loss."""
-    policy_loss, was_clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, clip_range)
+    policy_loss, _ = clipped_policy_loss(logprobs, old_logprobs, advantages, clip_range)
     value_loss = clipped_value_loss(values, old_values, returns, value_clip_range)
     loss = policy_loss + vf_coef * value_loss
-    return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "clipped": was_clipped}
+    return loss, {"policy_loss": policy_loss, "value_loss": value_loss}
 
 
 class _DetachedHead(torch.nn.Module):
@@ -92,6 +93,7 @@ class PPO(OnPolicyAgent):
 
     config_class = PPOConfig
     config: PPOConfig
+    uses_ratio_clipping = True
 
     def _build_extra_modules(self) -> None:
         super()._build_extra_modules()
@@ -102,6 +104,9 @@ class PPO(OnPolicyAgent):
         self._head_for_forward = (
             self.value_head if self.config.critic_backbone_grad else _DetachedHead(self.value_head)
         )
+
+    def critic_for_loss(self) -> torch.nn.Module:
+        return self._head_for_forward
 
     def parameter_groups(self) -> list[dict]:
         return super().parameter_groups() + [
@@ -121,72 +126,55 @@ class PPO(OnPolicyAgent):
         if path.is_file():
             self.value_head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
-    def update(self) -> tuple[dict[str, float], int]:
-        cfg = self.config
-        episodes = self.collect(cfg.prompts_per_update, cfg.group_size)
-        batch, step_ends = self.tokenize(episodes)
-        mask = batch.response_mask
-        old = self.no_grad_forward(batch, value_head=self.value_head)
-        old_logprobs, old_values = old.logprobs, old.values * mask
-        rewards = step_rewards_to_tokens(step_ends, [e.rewards_per_step() for e in episodes], mask.shape[1])
-        kl_penalty = torch.zeros_like(rewards)
-        if cfg.kl_coef > 0:
-            ref_logprobs = self.no_grad_forward(batch, reference=True).logprobs
-            kl_penalty = (old_logprobs - ref_logprobs) * mask
-        advantages, returns = gae_advantages(
-            rewards - cfg.kl_coef * kl_penalty, old_values, mask, cfg.gamma, cfg.gae_lambda
+    def prepare(self, rollout: RolloutBatch) -> Prepared:
+        """Old log-probs and values, step rewards on each step's last token minus the per-token KL penalty, then
+        GAE over each episode's whole token sequence (episode layout: an episode split into several rows is one
+        trajectory)."""
+        cfg, mask = self.config, rollout.tokens.response_mask
+        old = self.no_grad_forward(rollout.tokens, value_head=self.value_head)
+        old_values = old.values * mask
+        episode_mask = rollout.episode_mask
+        rewards = step_rewards_to_tokens(
+            rollout.step_ends, [e.step_rewards for e in rollout.episodes], episode_mask.shape[1]
         )
+        kl_penalty = torch.zeros_like(mask)
+        if cfg.kl_coef > 0:
+            kl_penalty = (old.logprobs - self.reference_logprobs(rollout.tokens)) * mask
+        episode_advantages, episode_returns = gae_advantages(
+            rewards - cfg.kl_coef * rollout.to_episodes(kl_penalty),
+            rollout.to_episodes(old_values),
+            episode_mask,
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
+        advantages, returns = rollout.to_rows(episode_advantages), rollout.to_rows(episode_returns)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
+        metrics = {
+            "train/explained_variance": explained_variance(old_values, returns, mask),
+            "train/kl": float(masked_mean(kl_penalty, mask)),
+            "train/value_mean": float(masked_mean(old_values, mask)),
+        }
+        tensors = {
+            "advantages": advantages,
+            "returns": returns,
+            "old_logprobs": old.logprobs,
+            "old_values": old_values,
+        }
+        return Prepared(tensors, informative=torch.ones(len(rollout), dtype=torch.bool), metrics=metrics)
 
-        def micro_loss(sub, sub_rows: list[int], rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-            sub_mask = sub.response_mask
-            with self.autocast():
-                out = policy_forward(
-                    self.model,
-                    sub,
-                    chunk_size=cfg.chunk_size,
-                    temperature=cfg.temperature,
-                    with_entropy=True,
-                    value_head=self._head_for_forward,
-                )
-            loss_tokens, parts = ppo_token_loss(
-                out.logprobs,
-                old_logprobs[sub_rows],
-                advantages[sub_rows],
-                out.values,
-                old_values[sub_rows],
-                returns[sub_rows],
-                cfg.clip_range,
-                cfg.value_clip_range,
-                cfg.vf_coef,
-            )
-            loss = (loss_tokens * sub_mask).sum() / mask[rows].sum().clamp(min=1.0)
-            stats = {
-                name: float((parts[name].detach() * sub_mask).sum())
-                for name in ("policy_loss", "value_loss", "clipped")
-            }
-            stats["entropy"] = float((out.entropy * sub_mask).sum())
-            log_ratio = (out.logprobs.detach() - old_logprobs[sub_rows]) * sub_mask
-            stats["approx_kl"] = float(((log_ratio.exp() - 1) - log_ratio).mul(sub_mask).sum())
-            return loss, stats
-
-        means, grad_norms = self.optimise(batch, micro_loss)
-        self.sync_engine()
-        metrics = dict(self.last_rollout_stats)
-        metrics.update(
-            {
-                "train/policy_loss": means["policy_loss"],
-                "train/value_loss": means["value_loss"],
-                "train/explained_variance": explained_variance(old_values, returns, mask),
-                "train/clip_fraction": means["clipped"],
-                "train/entropy": means["entropy"],
-                "train/approx_kl": means["approx_kl"],
-                "train/kl": float((kl_penalty * mask).sum() / mask.sum().clamp(min=1.0)),
-                "train/value_mean": float((old_values * mask).sum() / mask.sum().clamp(min=1.0)),
-                "train/grad_norm": float(np.mean(grad_norms)),
-                "train/learning_rate": self.optimizer.param_groups[0]["lr"],
-                "train/response_tokens": float(mask.sum()) / len(batch),
-            }
+    def token_loss(
+        self, out: PolicyOutput, data: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.config
+        return ppo_token_loss(
+            out.logprobs,
+            data["old_logprobs"],
+            data["advantages"],
+            out.values,
+            data["old_values"],
+            data["returns"],
+            cfg.clip_range,
+            cfg.value_clip_range,
+            cfg.vf_coef,
         )
-        return metrics, sum(len(e.steps) for e in episodes)

@@ -7,6 +7,12 @@ Why a vector env: every sub-env advances in lock-step, so each reasoning step of
   PRM wrappers score each step as it is taken);
 - ``"episode"``: one engine call writes the whole solution, which is then cut at the delimiter and fed to the env
   step by step (same rewards, far fewer prompt re-reads on an engine without prefix caching).
+
+Token in, token out: every engine call is recorded as a ``Segment`` (the prompt ids the model was conditioned on,
+the ids it sampled, stop-string tokens included, and their log-probs), and the trainer trains on exactly those
+(``episode_rows``). Re-tokenising the episode's text instead would train on a sequence the model never produced
+wherever byte-level BPE merges differently across a step boundary (the bug class of TRL #5224, rLLM #272,
+SkyRL #123, veRL #6719). Text is tokenised only for text data (``solution_to_tokens``: SFT on worked solutions).
 """
 
 from __future__ import annotations
@@ -23,12 +29,32 @@ from agents.engines.prompting import encode_prompt, render_prompt
 
 __all__ = [
     "Episode",
+    "RolloutBatch",
+    "Segment",
     "TokenBatch",
+    "TokenRow",
     "collect_episodes",
-    "episode_to_tokens",
+    "episode_rows",
+    "make_rollout_batch",
     "make_token_batch",
     "rollout_stats",
+    "solution_to_tokens",
 ]
+
+
+@dataclass
+class Segment:
+    """One engine call of an episode exactly as sampled.
+
+    ``prompt_ids``: what the model was conditioned on; ``response_ids`` / ``logprobs``: what it sampled (the stop
+    string's tokens included) and the engine's log-prob of each; ``step_ends[j]``: index in ``response_ids`` of
+    the last token of the j-th env step this call wrote (one in step mode, one per piece in episode mode).
+    """
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    step_ends: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -45,18 +71,13 @@ class Episode:
     correct: bool = False
     terminated: bool = False
     generated_tokens: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    """The engine calls that wrote this episode (what the trainer trains on); ``step_rewards[j]`` belongs to the
+    j-th step end over all segments."""
 
     @property
     def reward(self) -> float:
         return float(sum(self.step_rewards))
-
-    def rewards_per_step(self) -> list[float]:
-        """One reward per recorded step (an empty action is not recorded as a step: its reward goes to the last)."""
-        count = max(len(self.steps), 1)
-        rewards = list(self.step_rewards) or [0.0]
-        if len(rewards) <= count:
-            return rewards + [0.0] * (count - len(rewards))
-        return rewards[: count - 1] + [float(sum(rewards[count - 1 :]))]
 
 
 def _info_at(infos: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -73,6 +94,35 @@ def _info_at(infos: Mapping[str, Any], index: int) -> dict[str, Any]:
 
 def _split_steps(text: str, delimiter: str) -> list[str]:
     return [piece for piece in text.split(delimiter)]
+
+
+def _prompt_ids(engine: Any, prompt: Any) -> list[int]:
+    """The ids the engine feeds the model for ``prompt`` (its own ``encode`` where it has one)."""
+    encode = getattr(engine, "encode", None)
+    if callable(encode):
+        return list(encode(prompt))
+    return encode_prompt(engine.tokenizer, render_prompt(engine.tokenizer, prompt))
+
+
+def _sampled(completion: Any) -> tuple[list[int], list[float]]:
+    """Every token the engine sampled for ``completion`` (stop-string tokens included) and its log-prob."""
+    ids = list(completion.token_ids) + list(getattr(completion, "stop_token_ids", []) or [])
+    logprobs = list(completion.logprobs) + list(getattr(completion, "stop_logprobs", []) or [])
+    return ids, logprobs + [0.0] * (len(ids) - len(logprobs))
+
+
+def _piece_ends(tokenizer: Any, ids: list[int], pieces: list[str], delimiter: str, count: int) -> list[int]:
+    """Token index ending each of the first ``count`` pieces (with its delimiter) of the text ``ids`` decode to;
+    the last one is the last token (what was sampled after the last stepped piece belongs to that step)."""
+    from agents.engines.stopping import tokens_covering
+
+    ends, chars = [], 0
+    for piece in pieces[:count]:
+        chars += len(piece) + len(delimiter)
+        ends.append(max(tokens_covering(tokenizer, ids, chars) - 1, 0))
+    if ends:
+        ends[-1] = max(len(ids) - 1, 0)
+    return [min(end, max(len(ids) - 1, 0)) for end in ends]
 
 
 def collect_episodes(
@@ -120,8 +170,10 @@ def collect_episodes(
         )
         planned = [_split_steps(group[0].text, adapter.step_delimiter) for group in completions]
         finishes = [group[0].finish_reason for group in completions]
-        for episode, group in zip(episodes, completions):
+        for episode, prompt, group in zip(episodes, prompts, completions):
             episode.generated_tokens += len(group[0].token_ids)
+            ids, logprobs = _sampled(group[0])
+            episode.segments.append(Segment(_prompt_ids(engine, prompt), ids, logprobs))
     for step_index in range(max_steps):
         indices = [i for i in range(num_envs) if active[i]]
         if not indices:
@@ -138,10 +190,14 @@ def collect_episodes(
                 stop=adapter.stop,
                 seed=None if seed is None else seed + 1000 * step_index,
             )
-            for i, group in zip(indices, completions):
+            for i, prompt, group in zip(indices, prompts, completions):
                 actions[i] = adapter.to_action(group[0])
                 episodes[i].last_finish = group[0].finish_reason
                 episodes[i].generated_tokens += len(group[0].token_ids)
+                ids, logprobs = _sampled(group[0])
+                episodes[i].segments.append(
+                    Segment(_prompt_ids(engine, prompt), ids, logprobs, [max(len(ids) - 1, 0)])
+                )
         else:
             for i in indices:
                 pieces = planned[i]
@@ -161,6 +217,15 @@ def collect_episodes(
                 active[i] = False
                 episode.terminated = bool(terminated[i])
                 episode.correct = bool(info.get("is_success", False))
+                if mode == "episode":
+                    segment = episode.segments[0]
+                    segment.step_ends = _piece_ends(
+                        engine.tokenizer,
+                        segment.response_ids,
+                        planned[i],
+                        adapter.step_delimiter,
+                        len(episode.step_rewards),
+                    )
     return episodes
 
 
@@ -178,15 +243,55 @@ def rollout_stats(episodes: Sequence[Episode]) -> dict[str, float]:
 
 
 @dataclass
-class TokenizedEpisode:
-    """Prompt and response token ids of one episode; ``step_ends[j]`` indexes the last response token of step j."""
+class TokenRow:
+    """One training sequence: prompt ids, response ids (what the policy is trained to produce) and
+    ``step_ends[j]``, the response index of the last token of the j-th step the row holds. ``logprobs`` are the
+    engine's sampling log-probs of the response (empty for text data)."""
 
     prompt_ids: list[int]
     response_ids: list[int]
     step_ends: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    episode: int = 0
+    """Index of the episode the row belongs to (an episode may need several rows, see ``episode_rows``)."""
 
 
-def episode_to_tokens(
+def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 512) -> list[TokenRow]:
+    """The training rows of an episode, built from the ids the engine sampled (token in, token out).
+
+    Consecutive engine calls share a row when the next call's prompt is exactly this row's prompt + response
+    (the usual case: the next step's prompt re-encodes to the ids just sampled); otherwise the next call starts a
+    new row with its own prompt, so every response token is conditioned on the ids the engine conditioned it on.
+    Each row's response is cut to ``max_response_tokens``.
+    """
+    rows: list[TokenRow] = []
+    for segment in episode.segments:
+        if not segment.response_ids:
+            continue
+        last = rows[-1] if rows else None
+        if last is not None and last.prompt_ids + last.response_ids == segment.prompt_ids:
+            offset = len(last.response_ids)
+            last.response_ids += segment.response_ids
+            last.logprobs += segment.logprobs
+            last.step_ends += [offset + end for end in segment.step_ends]
+        else:
+            rows.append(
+                TokenRow(
+                    list(segment.prompt_ids),
+                    list(segment.response_ids),
+                    list(segment.step_ends),
+                    list(segment.logprobs),
+                    index,
+                )
+            )
+    for row in rows:
+        row.response_ids = row.response_ids[:max_response_tokens]
+        row.logprobs = row.logprobs[:max_response_tokens]
+        row.step_ends = [min(end, len(row.response_ids) - 1) for end in row.step_ends]
+    return rows
+
+
+def solution_to_tokens(
     tokenizer: Any,
     engine: Any,
     question: str,
@@ -196,12 +301,12 @@ def episode_to_tokens(
     *,
     delimiter: str = "\n\n",
     max_response_tokens: int = 512,
-) -> TokenizedEpisode:
-    """Token ids the policy is trained on: the step-0 prompt, then the steps joined by the delimiter.
+) -> TokenRow:
+    """Token ids of a written solution (text data: SFT's worked solutions; sampled episodes use
+    ``episode_rows``): the step-0 prompt, then the steps joined by the delimiter.
 
-    This is exactly the text the model conditioned on at each step (``step_prompt`` renders earlier steps joined by
-    the delimiter). The last step keeps its delimiter if generation stopped there, and gets the EOS token if the
-    model ended with EOS, so stopping is learned too.
+    The last step keeps its delimiter if it ended there, and gets the EOS token if ``last_finish`` is ``"eos"``,
+    so stopping is learned too.
     """
     prompt_text = render_prompt(tokenizer, engine.step_prompt(question, [], instruction))
     prompt_ids = encode_prompt(tokenizer, prompt_text)
@@ -223,12 +328,12 @@ def episode_to_tokens(
         response_ids.append(int(eos))
         if step_ends:
             step_ends[-1] = len(response_ids) - 1
-    if not response_ids:  # an empty episode still needs one target token to carry its reward
+    if not response_ids:  # an empty solution still needs one target token
         response_ids = [int(eos if eos is not None else 0)]
         step_ends = [0] * max(len(steps), 1)
     response_ids = response_ids[:max_response_tokens]
     step_ends = [min(end, len(response_ids) - 1) for end in step_ends]
-    return TokenizedEpisode(prompt_ids, response_ids, step_ends)
+    return TokenRow(prompt_ids, response_ids, step_ends)
 
 
 @dataclass
@@ -269,7 +374,7 @@ class TokenBatch:
         )
 
 
-def make_token_batch(items: Sequence[TokenizedEpisode], pad_token_id: int) -> TokenBatch:
+def make_token_batch(items: Sequence[TokenRow], pad_token_id: int) -> TokenBatch:
     width = max(len(it.prompt_ids) + len(it.response_ids) for it in items)
     response_width = max(len(it.response_ids) for it in items)
     input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
@@ -284,3 +389,103 @@ def make_token_batch(items: Sequence[TokenizedEpisode], pad_token_id: int) -> To
         positions[row, :count] = torch.arange(len(item.prompt_ids) - 1, len(item.prompt_ids) - 1 + count)
         mask[row, :count] = 1.0
     return TokenBatch(input_ids, attention_mask, positions, mask)
+
+
+@dataclass
+class RolloutBatch:
+    """Episodes as the optimise stage reads them: the token rows, and the map between rows and episodes.
+
+    ``prepare`` stages compute per-token quantities in the episode layout ``(E, T)`` (all of an episode's response
+    tokens in order, ``episode_mask``; step ``j`` of episode ``e`` ends at ``step_ends[e][j]``), where GAE and
+    sequence means are natural, and move them to the rows with ``to_rows``.
+    """
+
+    episodes: list[Episode]
+    tokens: TokenBatch
+    row_episode: list[int]
+    row_offset: list[int]
+    """Where each row's response starts in its episode's token sequence."""
+    step_ends: list[list[int]]
+    episode_mask: torch.Tensor
+    sampled_logprobs: torch.Tensor
+    """``(B, R)`` the engine's sampling log-probs of the response tokens (0 on padding)."""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def to_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """``(E, T)`` episode-layout values -> ``(B, R)`` row layout (0 on padding)."""
+        mask = self.tokens.response_mask
+        out = torch.zeros(mask.shape, dtype=values.dtype)
+        for row, (episode, offset) in enumerate(zip(self.row_episode, self.row_offset)):
+            count = int(mask[row].sum())
+            out[row, :count] = values[episode, offset : offset + count]
+        return out
+
+    def to_episodes(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, R)`` row-layout values -> ``(E, T)`` episode layout."""
+        out = torch.zeros(self.episode_mask.shape, dtype=values.dtype)
+        mask = self.tokens.response_mask
+        for row, (episode, offset) in enumerate(zip(self.row_episode, self.row_offset)):
+            count = int(mask[row].sum())
+            out[episode, offset : offset + count] = values[row, :count]
+        return out
+
+    def per_episode(self, values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """``(B, R)``: every response token gets its episode's value."""
+        column = torch.as_tensor(values, dtype=torch.float32)[:, None]
+        return self.to_rows(column * self.episode_mask)
+
+    def per_step(self, values: Sequence[Sequence[float]]) -> torch.Tensor:
+        """``(B, R)``: every token of step ``j`` of episode ``e`` gets ``values[e][j]`` (tokens after the last
+        step end, if any, get the last step's value)."""
+        out = torch.zeros(self.episode_mask.shape)
+        for episode, (ends, row_values) in enumerate(zip(self.step_ends, values)):
+            start = 0
+            for end, value in zip(ends, row_values):
+                out[episode, start : end + 1] = float(value)
+                start = end + 1
+            if row_values and ends:
+                out[episode, start:] = float(row_values[min(len(ends), len(row_values)) - 1])
+        return self.to_rows(out * self.episode_mask)
+
+
+def make_rollout_batch(
+    episodes: Sequence[Episode], pad_token_id: int, max_response_tokens: int = 512
+) -> RolloutBatch:
+    """Rows of every episode (``episode_rows``) as one ``TokenBatch`` plus the row <-> episode map."""
+    rows: list[TokenRow] = []
+    for index, episode in enumerate(episodes):
+        built = episode_rows(episode, index, max_response_tokens)
+        if not built:  # nothing sampled (e.g. max_new_tokens 0): one EOS-free empty target keeps the shapes
+            built = [
+                TokenRow(
+                    episode.segments[0].prompt_ids if episode.segments else [pad_token_id],
+                    [pad_token_id],
+                    [0],
+                    [0.0],
+                    index,
+                )
+            ]
+        rows.extend(built)
+    tokens = make_token_batch(rows, pad_token_id)
+    offsets, step_ends, lengths = [], [[] for _ in episodes], [0] * len(episodes)
+    for row in rows:
+        offsets.append(lengths[row.episode])
+        step_ends[row.episode] += [lengths[row.episode] + end for end in row.step_ends]
+        lengths[row.episode] += len(row.response_ids)
+    episode_mask = torch.zeros((len(episodes), max(lengths, default=1)))
+    for index, length in enumerate(lengths):
+        episode_mask[index, :length] = 1.0
+    sampled = torch.zeros(tokens.response_mask.shape)
+    for index, row in enumerate(rows):
+        sampled[index, : len(row.logprobs)] = torch.tensor(row.logprobs, dtype=torch.float32)
+    return RolloutBatch(
+        list(episodes),
+        tokens,
+        [row.episode for row in rows],
+        offsets,
+        step_ends,
+        episode_mask,
+        sampled,
+    )

@@ -157,6 +157,10 @@ class TrainableAgent(Agent):
         )
         """The frozen reference policy (None under LoRA, where the reference is the adapter-free base model)."""
         self.num_timesteps = 0
+        """Env steps taken by the training rollouts (SB3's meaning)."""
+        self.num_updates = 0
+        """Policy updates done (SB3's ``_n_updates``)."""
+        self._callback: Any = None
         self.logger: Any = None
         self.last_rollout_stats: dict[str, float] = {}
         self._problem_rng = np.random.default_rng(self.config.seed)
@@ -389,40 +393,54 @@ class TrainableAgent(Agent):
 
     def _learn_loop(
         self,
-        total_steps: int,
+        total_updates: int,
         callback: Any,
         one_update: Callable[[], tuple[dict[str, float], int]],
         reset_num_timesteps: bool,
     ) -> TrainableAgent:
-        """The SB3-shaped loop: ``one_update`` returns (metrics, env steps taken) for one policy update."""
+        """The SB3-shaped loop: ``one_update`` returns (metrics, env steps taken) for one policy update.
+
+        As in SB3, ``num_timesteps`` counts env steps (one per sub-env step of the rollouts) and ``num_updates``
+        counts policy updates (logged as ``train/n_updates``; the logs are dumped at ``step=num_timesteps``).
+        ``callback.on_rollout_end()`` runs after each collection, ``callback.on_step()`` after each update (SB3
+        calls it after each vector-env step: here one update is the unit a callback can stop at).
+        """
         from agents.rl.callbacks import make_callback
 
-        if reset_num_timesteps and self.num_timesteps:
+        if reset_num_timesteps and self.num_updates:
             raise ValueError(
                 "learn(reset_num_timesteps=True) after training: build a new agent or pass False"
             )
         logger = self._ensure_logger()
         callback = make_callback(callback)
+        self._callback = callback
         callback.init_callback(self)
         callback.on_training_start(locals(), globals())
-        target = self.num_timesteps + int(total_steps) if not reset_num_timesteps else int(total_steps)
+        target = self.num_updates + int(total_updates)
         start_time = time.time()
-        while self.num_timesteps < target:
-            update_start = time.time()
-            metrics, env_steps = one_update()
-            self.num_timesteps += 1
-            elapsed = max(time.time() - update_start, 1e-9)
-            for key, value in metrics.items():
-                logger.record(key, value)
-            logger.record("time/fps", env_steps / elapsed)
-            logger.record("time/update_seconds", elapsed)
-            logger.record("time/total_seconds", time.time() - start_time)
-            logger.record("time/updates", self.num_timesteps)
-            keep_going = callback.on_step()
-            logger.dump(step=self.num_timesteps)
-            if not keep_going:
-                break
-        callback.on_training_end()
+        try:
+            while self.num_updates < target:
+                update_start = time.time()
+                metrics, env_steps = one_update()
+                self.num_updates += 1
+                self.num_timesteps += int(env_steps)
+                elapsed = max(time.time() - update_start, 1e-9)
+                for key, value in metrics.items():
+                    logger.record(key, value)
+                logger.record("train/n_updates", self.num_updates)
+                logger.record("time/fps", env_steps / elapsed)
+                logger.record("time/update_seconds", elapsed)
+                logger.record("time/total_seconds", time.time() - start_time)
+                logger.record("time/total_timesteps", self.num_timesteps)
+                logger.record("time/updates", self.num_updates)
+                callback.update_locals(locals())
+                keep_going = callback.on_step()
+                logger.dump(step=self.num_timesteps)
+                if not keep_going:
+                    break
+            callback.on_training_end()
+        finally:
+            self._callback = None
         return self
 
     def next_problem_seeds(self, count: int) -> list[int]:
@@ -439,10 +457,13 @@ class TrainableAgent(Agent):
             self._train_vec_env,
             seeds,
             temperature=self.config.temperature,
-            seed=self.config.seed * 1_000_003 + self.num_timesteps,
+            seed=self.config.seed * 1_000_003 + self.num_updates,
         )
         self.last_rollout_stats = rollout_stats(episodes)
         self.last_rollout_stats["time/rollout_seconds"] = time.perf_counter() - started
+        if self._callback is not None:  # SB3: on_rollout_end after each collection
+            self._callback.update_locals({"episodes": episodes})
+            self._callback.on_rollout_end()
         return episodes
 
     # --- persistence --------------------------------------------------------------------------------------------
@@ -460,6 +481,7 @@ class TrainableAgent(Agent):
                 optimizer=self.optimizer,
                 counters={
                     "num_timesteps": self.num_timesteps,
+                    "num_updates": self.num_updates,
                     "problem_rng": self._problem_rng.bit_generator.state,
                 },
             )
@@ -469,6 +491,7 @@ class TrainableAgent(Agent):
         """Restore a checkpoint written by ``save_checkpoint`` into this agent (built with the same config)."""
         counters = load_training_state(path, modules=self.checkpoint_modules(), optimizer=self.optimizer)
         self.num_timesteps = int(counters["num_timesteps"])
+        self.num_updates = int(counters.get("num_updates", counters["num_timesteps"]))
         self._problem_rng.bit_generator.state = counters["problem_rng"]
         return self
 
