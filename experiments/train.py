@@ -1,6 +1,6 @@
 """Train (or just evaluate) an RL / SFT agent on an ``openr/*`` environment, with held-out evaluation and curves.
 
-The agent is a subcommand (``grpo``, the default, ``ppo``, ``sft``, ``oreo``) and every field of its config dataclass is a flag
+The agent is a subcommand (``grpo``, the default, ``ppo``, ``sft``, ``oreo``, ``oreal``) and every field of its config dataclass is a flag
 (``--group-size 8``, ``--learning-rate 2e-5``, ``--seed 1``, ``--log-dir runs/x``); ``--help`` after the subcommand
 lists them with their defaults. Flags of the script and of the agent may come in any order.
 
@@ -36,6 +36,7 @@ from typing import Annotated, Any
 import tyro
 
 from agents.rl.grpo import GRPOConfig
+from agents.rl.oreal import OREALConfig
 from agents.rl.oreo import OREOConfig
 from agents.rl.ppo import PPOConfig
 from agents.rl.sft import SFTConfig
@@ -49,6 +50,7 @@ AGENTS: dict[type, str] = {
     PPOConfig: "agents.rl.ppo:PPO",
     SFTConfig: "agents.rl.sft:SFT",
     OREOConfig: "agents.rl.oreo:OREO",
+    OREALConfig: "agents.rl.oreal:OREAL",
 }
 """Agent class (``module:name``) for each config class the command line can build."""
 
@@ -57,6 +59,7 @@ AgentConfigChoice = (
     | Annotated[PPOConfig, tyro.conf.subcommand("ppo", default=PPOConfig())]
     | Annotated[SFTConfig, tyro.conf.subcommand("sft", default=SFTConfig())]
     | Annotated[OREOConfig, tyro.conf.subcommand("oreo", default=OREOConfig())]
+    | Annotated[OREALConfig, tyro.conf.subcommand("oreal", default=OREALConfig())]
 )
 
 
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         agent.learn(max(0, args.steps - agent.num_timesteps), callback=callbacks or None)
         if evaluator:
-            if not evaluator.history or evaluator.history[-1][0] != agent.num_timesteps:
+            if not evaluator.history or evaluator.history[-1][0] != agent.num_updates:
                 evaluator.num_timesteps = agent.num_timesteps
                 evaluator._evaluate()
                 agent.logger.dump(step=agent.num_timesteps)

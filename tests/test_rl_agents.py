@@ -13,7 +13,7 @@ from agents.engines.testing import byte_level_tokenizer, tiny_model
 from agents.rl.callbacks import BaseCallback, CheckpointCallback
 from agents.rl.grpo import GRPO, GRPOConfig
 from agents.rl.ppo import PPO, PPOConfig
-from agents.rl.rollout import solution_to_tokens
+from agents.rl.rollout import episode_to_tokens
 from agents.rl.sft import SFT, SFTConfig, SFTExample
 from agents.rl.toy import DIGITS_ID, register_toy_envs
 
@@ -95,7 +95,7 @@ def test_checkpoint_resume_is_exact(tmp_path):
     resumed = toy_grpo(tiny_engine(), **config_overrides)
     (checkpoint,) = tmp_path.glob("checkpoint_*")
     resumed.load_checkpoint(checkpoint)
-    assert resumed.num_updates == 2 and checkpoint.name == f"checkpoint_{resumed.num_timesteps}"
+    assert resumed.num_updates == 2 and checkpoint.name == "checkpoint_2"
     resumed.learn(2)
     assert resumed.num_updates == 4 and resumed.num_timesteps == straight.num_timesteps
     expected, actual = _trainable(straight), _trainable(resumed)
@@ -165,7 +165,7 @@ def test_sft_accepts_recorded_trajectories():
 def test_step_ends_point_at_the_last_token_of_each_step():
     engine = tiny_engine()
     steps = ["2 + 3 = 5", "The answer is \\boxed{5}."]
-    tokens = solution_to_tokens(engine.tokenizer, engine, "What is 2 + 3?", "Solve.", steps, "eos")
+    tokens = episode_to_tokens(engine.tokenizer, engine, "What is 2 + 3?", "Solve.", steps, "eos")
     text = engine.tokenizer.decode(tokens.response_ids[: tokens.step_ends[0] + 1])
     assert text == "2 + 3 = 5\n\n"
     assert tokens.step_ends[-1] == len(tokens.response_ids) - 1
@@ -208,14 +208,14 @@ def test_reward_wrappers_of_the_env_are_kept():
 
 def test_length_sorted_micro_batches_give_the_same_log_probs_and_values():
     from agents.rl.forward import policy_forward
-    from agents.rl.rollout import TokenRow, make_token_batch
+    from agents.rl.rollout import TokenizedEpisode, make_token_batch
 
     agent = PPO(tiny_engine(), DIGITS_ID, PPOConfig(micro_batch_size=2, autocast="off", verbose=0))
     torch.nn.init.normal_(agent.value_head.weight)
     lengths = [(3, 2), (9, 7), (4, 1), (6, 5), (2, 9)]  # (prompt, response) tokens: very different widths
     generator = torch.Generator().manual_seed(0)
     items = [
-        TokenRow(
+        TokenizedEpisode(
             torch.randint(3, 200, (p,), generator=generator).tolist(),
             torch.randint(3, 200, (r,), generator=generator).tolist(),
             [r - 1],
@@ -237,14 +237,14 @@ def test_length_sorted_micro_batches_give_the_same_log_probs_and_values():
 def test_shared_prompt_forward_gives_the_same_log_probs_and_gradients():
     from agents.engines.prefix_cache import full_attention_cache
     from agents.rl.forward import policy_forward, prompt_groups
-    from agents.rl.rollout import TokenRow, make_token_batch
+    from agents.rl.rollout import TokenizedEpisode, make_token_batch
 
     model, _ = tiny_model(0, tokenizer=byte_level_tokenizer())
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 200, (n,), generator=generator).tolist() for n in (7, 4)]
     shapes = [(0, 5), (1, 2), (0, 1), (1, 6), (0, 3)]  # (prompt, response tokens): groups of 3 and 2 samples
     items = [
-        TokenRow(prompts[p], torch.randint(3, 200, (r,), generator=generator).tolist(), [r - 1])
+        TokenizedEpisode(prompts[p], torch.randint(3, 200, (r,), generator=generator).tolist(), [r - 1])
         for p, r in shapes
     ]
     batch = make_token_batch(items, 0)

@@ -60,7 +60,7 @@ def test_grpo_with_vllm_engine_syncs_weights(vllm_engine, lora_r: int) -> None:
     prompts = [vllm_engine.step_prompt(f"Problem {i}", [], "Write digits.") for i in range(3)]
     try:
         agent.learn(2)
-        assert agent.num_timesteps == 2
+        assert agent.num_updates == 2
         policy = agent.model.merge_and_unload() if lora_r else agent.model
         changed = any(not torch.equal(p, initial[n]) for n, p in policy.named_parameters() if n in initial)
         assert changed, "the update did not change the policy"

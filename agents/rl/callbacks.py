@@ -147,7 +147,7 @@ class CheckpointCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.n_calls % self.save_freq == 0:
-            path = self.agent.save_checkpoint(self.save_path / f"checkpoint_{self.num_timesteps}")
+            path = self.agent.save_checkpoint(self.save_path / f"checkpoint_{self.agent.num_updates}")
             if self.verbose:
                 print(f"saved checkpoint {path}")
             if self.keep_last is not None:
@@ -179,7 +179,8 @@ class StopTrainingOnRewardThreshold(BaseCallback):
 
 
 class EvalCallback(BaseCallback):
-    """Every ``eval_freq`` updates, run ``agent.evaluate(problems)`` and log its metrics under ``eval/``."""
+    """Every ``eval_freq`` updates, run ``agent.evaluate(problems)`` and log its metrics under ``eval/``;
+    ``history`` holds ``(policy updates so far, metrics)`` per evaluation."""
 
     def __init__(
         self,
@@ -198,13 +199,14 @@ class EvalCallback(BaseCallback):
 
     def _evaluate(self) -> None:
         metrics = self.agent.evaluate(self.problems, **self.evaluate_kwargs)
-        self.history.append((self.num_timesteps, metrics))
+        updates = getattr(self.agent, "num_updates", self.n_calls)
+        self.history.append((updates, metrics))
         for key, value in metrics.items():
             self.logger.record(f"eval/{key}", value)
-        self.logger.record("time/updates", getattr(self.agent, "num_updates", self.n_calls))
+        self.logger.record("time/updates", updates)
 
     def _on_training_start(self) -> None:
-        if self.num_timesteps == 0 and self.evaluate_at_start:
+        if getattr(self.agent, "num_updates", 0) == 0 and self.evaluate_at_start:
             self._evaluate()
             self.logger.dump(step=0)
 

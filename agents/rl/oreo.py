@@ -402,10 +402,7 @@ class OREO(TrainableAgent):
 
         def one_update() -> tuple[dict[str, float], int]:
             rollout: dict[str, float] = {}
-            if (
-                config.collect_problems > 0
-                and self.num_timesteps % max(1, config.updates_per_collection) == 0
-            ):
+            if config.collect_problems > 0 and self.num_updates % max(1, config.updates_per_collection) == 0:
                 new = self.collect_trajectories(config.collect_problems, config.samples_per_problem)
                 if not config.keep_old_data:
                     self.pool, self._tokens, self._reference_cache = [], {}, {}

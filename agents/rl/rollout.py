@@ -12,7 +12,7 @@ Token in, token out: every engine call is recorded as a ``Segment`` (the prompt 
 the ids it sampled, stop-string tokens included, and their log-probs), and the trainer trains on exactly those
 (``episode_rows``). Re-tokenising the episode's text instead would train on a sequence the model never produced
 wherever byte-level BPE merges differently across a step boundary (the bug class of TRL #5224, rLLM #272,
-SkyRL #123, veRL #6719). Text is tokenised only for text data (``solution_to_tokens``: SFT on worked solutions).
+SkyRL #123, veRL #6719). Text is tokenised only for text data (``episode_to_tokens``: SFT on worked solutions).
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ __all__ = [
     "RolloutBatch",
     "Segment",
     "TokenBatch",
-    "TokenRow",
+    "TokenizedEpisode",
     "collect_episodes",
     "episode_rows",
+    "episode_to_tokens",
     "make_rollout_batch",
     "make_token_batch",
     "rollout_stats",
-    "solution_to_tokens",
 ]
 
 
@@ -78,6 +78,14 @@ class Episode:
     @property
     def reward(self) -> float:
         return float(sum(self.step_rewards))
+
+    def rewards_per_step(self) -> list[float]:
+        """One reward per recorded step (an empty action is not recorded as a step: its reward goes to the last)."""
+        count = max(len(self.steps), 1)
+        rewards = list(self.step_rewards) or [0.0]
+        if len(rewards) <= count:
+            return rewards + [0.0] * (count - len(rewards))
+        return rewards[: count - 1] + [float(sum(rewards[count - 1 :]))]
 
 
 def _info_at(infos: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -243,8 +251,8 @@ def rollout_stats(episodes: Sequence[Episode]) -> dict[str, float]:
 
 
 @dataclass
-class TokenRow:
-    """One training sequence: prompt ids, response ids (what the policy is trained to produce) and
+class TokenizedEpisode:
+    """One training row (a whole episode, or the part of one that shares a prompt, see ``episode_rows``): prompt ids, response ids (what the policy is trained to produce) and
     ``step_ends[j]``, the response index of the last token of the j-th step the row holds. ``logprobs`` are the
     engine's sampling log-probs of the response (empty for text data)."""
 
@@ -256,7 +264,7 @@ class TokenRow:
     """Index of the episode the row belongs to (an episode may need several rows, see ``episode_rows``)."""
 
 
-def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 512) -> list[TokenRow]:
+def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 512) -> list[TokenizedEpisode]:
     """The training rows of an episode, built from the ids the engine sampled (token in, token out).
 
     Consecutive engine calls share a row when the next call's prompt is exactly this row's prompt + response
@@ -264,7 +272,7 @@ def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 51
     new row with its own prompt, so every response token is conditioned on the ids the engine conditioned it on.
     Each row's response is cut to ``max_response_tokens``.
     """
-    rows: list[TokenRow] = []
+    rows: list[TokenizedEpisode] = []
     for segment in episode.segments:
         if not segment.response_ids:
             continue
@@ -276,7 +284,7 @@ def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 51
             last.step_ends += [offset + end for end in segment.step_ends]
         else:
             rows.append(
-                TokenRow(
+                TokenizedEpisode(
                     list(segment.prompt_ids),
                     list(segment.response_ids),
                     list(segment.step_ends),
@@ -291,7 +299,7 @@ def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 51
     return rows
 
 
-def solution_to_tokens(
+def episode_to_tokens(
     tokenizer: Any,
     engine: Any,
     question: str,
@@ -301,9 +309,10 @@ def solution_to_tokens(
     *,
     delimiter: str = "\n\n",
     max_response_tokens: int = 512,
-) -> TokenRow:
-    """Token ids of a written solution (text data: SFT's worked solutions; sampled episodes use
-    ``episode_rows``): the step-0 prompt, then the steps joined by the delimiter.
+) -> TokenizedEpisode:
+    """Token ids of a written solution, for text data only (SFT's worked solutions, recorded text): the step-0
+    prompt, then the steps joined by the delimiter. Sampled episodes are never re-tokenised: the RL trainers
+    use ``episode_rows`` (the ids the engine sampled).
 
     The last step keeps its delimiter if it ended there, and gets the EOS token if ``last_finish`` is ``"eos"``,
     so stopping is learned too.
@@ -333,7 +342,7 @@ def solution_to_tokens(
         step_ends = [0] * max(len(steps), 1)
     response_ids = response_ids[:max_response_tokens]
     step_ends = [min(end, len(response_ids) - 1) for end in step_ends]
-    return TokenRow(prompt_ids, response_ids, step_ends)
+    return TokenizedEpisode(prompt_ids, response_ids, step_ends)
 
 
 @dataclass
@@ -374,7 +383,7 @@ class TokenBatch:
         )
 
 
-def make_token_batch(items: Sequence[TokenRow], pad_token_id: int) -> TokenBatch:
+def make_token_batch(items: Sequence[TokenizedEpisode], pad_token_id: int) -> TokenBatch:
     width = max(len(it.prompt_ids) + len(it.response_ids) for it in items)
     response_width = max(len(it.response_ids) for it in items)
     input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
@@ -454,12 +463,12 @@ def make_rollout_batch(
     episodes: Sequence[Episode], pad_token_id: int, max_response_tokens: int = 512
 ) -> RolloutBatch:
     """Rows of every episode (``episode_rows``) as one ``TokenBatch`` plus the row <-> episode map."""
-    rows: list[TokenRow] = []
+    rows: list[TokenizedEpisode] = []
     for index, episode in enumerate(episodes):
         built = episode_rows(episode, index, max_response_tokens)
         if not built:  # nothing sampled (e.g. max_new_tokens 0): one EOS-free empty target keeps the shapes
             built = [
-                TokenRow(
+                TokenizedEpisode(
                     episode.segments[0].prompt_ids if episode.segments else [pad_token_id],
                     [pad_token_id],
                     [0],

@@ -200,7 +200,7 @@ class TrainableAgent(Agent):
     def _ensure_logger(self) -> Any:
         if self.logger is None:  # a resumed agent continues its log dir from its own update count
             self.logger = make_logger(
-                self.config.log_dir, self.config.log_formats, self.config.verbose, self.num_timesteps or None
+                self.config.log_dir, self.config.log_formats, self.config.verbose, self.num_updates or None
             )
         return self.logger
 
