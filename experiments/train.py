@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     resumed_from = latest_checkpoint(checkpoint_dir) if args.resume and checkpoint_dir else None
     if resumed_from is not None:
         agent.load_checkpoint(resumed_from)
-        print(f"resumed from {resumed_from} ({agent.num_timesteps} updates done)", flush=True)
+        print(f"resumed from {resumed_from} ({agent.num_updates} updates done)", flush=True)
     started = time.time()
     results: dict[str, Any] = {
         "command": " ".join(sys.argv),
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             callbacks.append(
                 CheckpointCallback(args.checkpoint_every, checkpoint_dir, keep_last=args.keep_checkpoints)
             )
-        agent.learn(max(0, args.steps - agent.num_timesteps), callback=callbacks or None)
+        agent.learn(max(0, args.steps - agent.num_updates), callback=callbacks or None)
         if evaluator:
             if not evaluator.history or evaluator.history[-1][0] != agent.num_updates:
                 evaluator.num_timesteps = agent.num_timesteps
