@@ -18,6 +18,8 @@ an exactly zero gradient, so it is left out of the forward/backward) and ``openr
 (``skip_zero_advantage=False``: every sequence goes through forward and backward, as in TRL). With the base
 model almost every reward is 0, so ``openr`` mostly skips training: ``openr_all`` is the like-for-like number.
 ``--trl-first`` runs TRL first (the machine's load drifts; run both orders before quoting a ratio).
+``--impl all`` adds ``oreal``: OREAL (``agents.rl.oreal``) on the same sampled completions, with its defaults (one
+correct and one incorrect sample kept per problem whose samples disagree, k3 KL to a reference, coefficient 0.01).
 """
 
 from __future__ import annotations
@@ -70,34 +72,38 @@ def _prefer_as_oom_victim() -> None:
         pass
 
 
-def run_openr(args: RLBenchConfig, skip_zero: bool = True) -> dict[str, Any]:
+def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grpo") -> dict[str, Any]:
     """``skip_zero``: GRPO's default of not computing the (exactly zero) gradient of groups whose rewards are all
-    equal; TRL computes it. False does TRL's work."""
+    equal; TRL computes it. False does TRL's work. ``algorithm="oreal"``: OREAL on the same samples."""
     import torch
 
     from agents.engines import HFEngine, load_model
     from agents.rl.callbacks import BaseCallback
     from agents.rl.grpo import GRPO, GRPOConfig
+    from agents.rl.oreal import OREAL, OREALConfig
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype=torch.float32)
     loaded_rss = _peak_rss_gb()
-    config = GRPOConfig(
+    common = dict(
         seed=args.seed,
         prompts_per_update=args.prompts,
         group_size=args.generations,
         max_new_tokens=args.max_tokens,
         rollout_mode="episode",
         temperature=1.0,
-        kl_coef=0.0,
         learning_rate=1e-6,
         micro_batch_size=args.micro_batch_size,
         max_response_tokens=args.max_tokens + 8,
         autocast="auto",
         verbose=0,
-        skip_zero_advantage=skip_zero,
     )
-    agent = GRPO(HFEngine(model, tokenizer, num_threads=args.threads), ENV_ID, config, env_kwargs=ENV_KWARGS)
+    if algorithm == "oreal":
+        agent_class, config = OREAL, OREALConfig(**common)
+    else:
+        agent_class, config = GRPO, GRPOConfig(**common, kl_coef=0.0, skip_zero_advantage=skip_zero)
+    engine = HFEngine(model, tokenizer, num_threads=args.threads)
+    agent = agent_class(engine, ENV_ID, config, env_kwargs=ENV_KWARGS)
 
     class Timer(BaseCallback):
         def __init__(self) -> None:
@@ -263,7 +269,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             summary[impl]["median_rollout_seconds"] = statistics.median(
                 result["rollout_seconds"][1:] or result["rollout_seconds"]
             )
-    for impl in ("openr", "openr_all"):
+    for impl in ("openr", "openr_all", "oreal"):
         if all("median_update_seconds" in summary.get(name, {}) for name in (impl, "trl")):
             summary[f"ratio_{impl}_over_trl"] = (
                 summary[impl]["median_update_seconds"] / summary["trl"]["median_update_seconds"]
@@ -291,9 +297,10 @@ class RLBenchConfig:
     """Seeds the problems and the sampling."""
     micro_batch_size: int = 8
     """openr-gym sequences per forward/backward."""
-    impl: Literal["openr", "openr_all", "trl", "both", "oreo"] = "both"
-    """"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL); "oreo": one
-    OREO update vs one SFT update on the same batch (experiments/bench_oreo.py)."""
+    impl: Literal["openr", "openr_all", "oreal", "trl", "both", "all", "oreo"] = "both"
+    """"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL); "all": those
+    and oreal (OREAL on the same samples); "oreo": one OREO update vs one SFT update on the same batch
+    (experiments/bench_oreo.py)."""
     trl_first: bool = False
     """With --impl both, run TRL before openr-gym (order check)."""
     out: str | None = None
@@ -320,7 +327,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.child_out:
         _prefer_as_oom_victim()
-        result = run_trl(args) if args.impl == "trl" else run_openr(args, skip_zero=args.impl == "openr")
+        if args.impl == "trl":
+            result = run_trl(args)
+        else:
+            result = run_openr(
+                args, skip_zero=args.impl == "openr", algorithm="oreal" if args.impl == "oreal" else "grpo"
+            )
         Path(args.child_out).write_text(json.dumps(result))
         return result
 
@@ -329,8 +341,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.engines.hardware import autocast_dtype, hardware_info
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ours = ["openr", "openr_all"]
-    impls = ([*ours, "trl"] if not args.trl_first else ["trl", *ours]) if args.impl == "both" else [args.impl]
+    ours = ["openr", "openr_all"] + (["oreal"] if args.impl == "all" else [])
+    impls = (
+        ([*ours, "trl"] if not args.trl_first else ["trl", *ours])
+        if args.impl in ("both", "all")
+        else [args.impl]
+    )
     results: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for impl in impls:

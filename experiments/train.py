@@ -301,9 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         agent.learn(max(0, args.steps - agent.num_updates), callback=callbacks or None)
         if evaluator:
             if not evaluator.history or evaluator.history[-1][0] != agent.num_updates:
-                evaluator.num_timesteps = agent.num_timesteps
                 evaluator._evaluate()
-                agent.logger.dump(step=agent.num_timesteps)
+                agent.logger.dump(step=agent.num_updates)
             results["eval"] = [{"updates": step, **metrics} for step, metrics in evaluator.history]
             print(f"held-out accuracy: {[round(m['accuracy'], 3) for _, m in evaluator.history]}", flush=True)
         if args.save:

@@ -118,15 +118,18 @@ def newline_prone_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.vllm
-@pytest.mark.parametrize("mode", ["step", "episode"])
-def test_vllm_engine_trains_on_the_sampled_ids(newline_prone_folder: Path, mode: str):
+@pytest.fixture(scope="module")
+def newline_prone_vllm(newline_prone_folder: Path):
     pytest.importorskip("vllm")
     from agents.engines import VLLMEngine
 
-    model, _ = newline_prone_model()  # the trainer's copy of the weights vLLM serves
     engine = VLLMEngine(newline_prone_folder, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
-    try:
-        assert_trained_on_sampled_tokens(grpo_agent(engine, model, mode), atol=2e-3)
-    finally:
-        engine.close()
+    yield engine
+    engine.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("mode", ["step", "episode"])
+def test_vllm_engine_trains_on_the_sampled_ids(newline_prone_vllm, mode: str):
+    model, _ = newline_prone_model()  # the trainer's copy of the weights vLLM serves
+    assert_trained_on_sampled_tokens(grpo_agent(newline_prone_vllm, model, mode), atol=2e-3)

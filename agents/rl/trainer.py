@@ -401,7 +401,8 @@ class TrainableAgent(Agent):
         """The SB3-shaped loop: ``one_update`` returns (metrics, env steps taken) for one policy update.
 
         As in SB3, ``num_timesteps`` counts env steps (one per sub-env step of the rollouts) and ``num_updates``
-        counts policy updates (logged as ``train/n_updates``; the logs are dumped at ``step=num_timesteps``).
+        counts policy updates (logged as ``train/n_updates``; TensorBoard's x-axis is the update count, which a
+        resumed run's log continues from; the env steps are ``time/total_timesteps``).
         ``callback.on_rollout_end()`` runs after each collection, ``callback.on_step()`` after each update (SB3
         calls it after each vector-env step: here one update is the unit a callback can stop at).
         """
@@ -435,7 +436,7 @@ class TrainableAgent(Agent):
                 logger.record("time/updates", self.num_updates)
                 callback.update_locals(locals())
                 keep_going = callback.on_step()
-                logger.dump(step=self.num_timesteps)
+                logger.dump(step=self.num_updates)
                 if not keep_going:
                     break
             callback.on_training_end()
