@@ -21,7 +21,7 @@ class AnyDigitEnv(DigitsEnv):
 
     def step(self, action: str):
         observation, reward, terminated, truncated, info = super().step(action)
-        info["correct"] = reward > 0
+        info["is_success"] = info["correct"] = reward > 0
         return observation, reward, terminated, truncated, info
 
 
