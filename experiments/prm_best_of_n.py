@@ -30,7 +30,7 @@ import tyro
 
 from rewards.prm.base import Aggregation
 
-__all__ = ["BestOfNConfig", "best_of_n_table", "main", "select_answers"]
+__all__ = ["PRMBestOfNConfig", "best_of_n_table", "main", "select_answers"]
 
 
 def _answer(steps: Sequence[str]) -> str | None:
@@ -86,7 +86,7 @@ def best_of_n_table(
 
 
 @dataclass
-class BestOfNConfig:
+class PRMBestOfNConfig:
     """Best-of-N with a PRM vs majority vote at the same N, on solutions sampled by collect_prm_data.py."""
 
     samples: str
@@ -109,9 +109,9 @@ class BestOfNConfig:
     """JSON results (default: next to --samples)."""
 
 
-def parse_args(argv: Sequence[str] | None = None) -> BestOfNConfig:
+def parse_args(argv: Sequence[str] | None = None) -> PRMBestOfNConfig:
     """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
-    return tyro.cli(BestOfNConfig, args=argv, description=__doc__)
+    return tyro.cli(PRMBestOfNConfig, args=argv, description=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

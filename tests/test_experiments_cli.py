@@ -16,13 +16,13 @@ pytest.importorskip("torch")
 SCRIPTS = {
     "experiments.train": "TrainScriptConfig",
     "experiments.benchmark": "BenchmarkConfig",
-    "experiments.collect_prm_data": "CollectConfig",
+    "experiments.collect_prm_data": "PRMDataConfig",
     "experiments.bench_engines": "EngineBenchConfig",
     "experiments.bench_envs": "EnvBenchConfig",
     "experiments.bench_rl": "RLBenchConfig",
     "experiments.bench_hf_decode": "HFDecodeBenchConfig",
     "experiments.search_efficiency": "SearchEfficiencyConfig",
-    "experiments.prm_best_of_n": "BestOfNConfig",
+    "experiments.prm_best_of_n": "PRMBestOfNConfig",
     "experiments.bench_alfworld": "ALFWorldBenchConfig",
     "experiments.plot_rl": "PlotRunsConfig",
     "experiments.gpu_check": "GPUCheckConfig",
@@ -68,12 +68,19 @@ def test_every_field_is_documented(module_name):
     assert undocumented == []
 
 
-def test_config_class_names_are_unique():
-    names = [SCRIPTS[m] for m in SCRIPTS]
-    assert len(names) == len(set(names))
-    from agents.rl.trainer import TrainConfig
+def test_config_class_names_are_unique_across_the_project():
+    import ast
+    from collections import Counter
 
-    assert TrainConfig.__name__ not in names
+    root = Path(__file__).resolve().parent.parent
+    names = Counter(
+        node.name
+        for package in ("agents", "rewards", "wrappers", "experiments", "reasoning_gym")
+        for path in (root / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Config")
+    )
+    assert [name for name, count in names.items() if count > 1] == []
 
 
 @pytest.mark.parametrize("module_name", sorted(SCRIPTS))

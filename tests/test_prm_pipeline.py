@@ -36,7 +36,7 @@ def test_split_steps():
 def test_collect_writes_all_formats_with_consistent_labels(tmp_path):
     model, tokenizer = tiny_model(seed=0, tokenizer=byte_level_tokenizer())
     engine = HFEngine(model, tokenizer)
-    config = collect_prm_data.CollectConfig(
+    config = collect_prm_data.PRMDataConfig(
         levels=[1],
         num_problems=2,
         samples=2,
