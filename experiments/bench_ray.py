@@ -13,6 +13,7 @@ capability and dtypes).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -210,10 +211,13 @@ def main(config: BenchRayConfig) -> dict[str, Any]:
     problems = draw_problems(env, config.search_problems, config.seed)
     rows: list[dict[str, Any]] = []
     base = None
+    local = HFEngine(model, tokenizer, num_threads=config.threads)
+    # Not timed: first-use costs of this process (judger, env, agents' imports) would go to whichever runs first.
+    warm = dataclasses.replace(config, rollout_problems=1, group_size=2, max_new_tokens=4)
+    _search(local, warm, env, problems[:1])
+    _rollouts(local, warm)
     if config.in_process:
-        base = _measure(
-            "in-process", HFEngine(model, tokenizer, num_threads=config.threads), config, env, problems
-        )
+        base = _measure("in-process", local, config, env, problems)
         rows.append(base)
     ray = connect(config.ray, num_cpus=max(config.actors) * config.threads if config.ray is None else None)
     update = None

@@ -289,8 +289,6 @@ class RayEngine(TokenizerPrompts):
             raise ValueError("need num_actors >= 1, max_attempts >= 1 and request_timeout > 0")
         # A private local instance gets at least the CPUs asked for (Ray's CPUs are a count, not a pinning).
         ray = connect(address, num_cpus=max(os.cpu_count() or 1, num_actors * threads_per_actor))
-        from ray.util.placement_group import placement_group, remove_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
         self.engine_kwargs = dict(engine_kwargs or {})
@@ -307,8 +305,7 @@ class RayEngine(TokenizerPrompts):
             if tokenizer is None:
                 raise ValueError("RayEngine(model_object) needs its tokenizer: RayEngine(model, tokenizer)")
             self._model = model
-            shipped = model if _on_cpu(model) else copy.deepcopy(model).to("cpu")
-            payload = ray.put(shipped)
+            payload = ray.put(model if _on_cpu(model) else copy.deepcopy(model).to("cpu"))
         self._payload = (
             payload  # kept alive: Ray re-reads the constructor arguments when it restarts an actor
         )
@@ -322,38 +319,10 @@ class RayEngine(TokenizerPrompts):
         if gpus_per_actor is None:
             has_gpus = ray.cluster_resources().get("GPU", 0) > 0
             gpus_per_actor = 1 if backend == "vllm" and has_gpus else 0
-        bundle: dict[str, float] = {"CPU": threads_per_actor}
-        if gpus_per_actor:
-            bundle["GPU"] = gpus_per_actor
-        self._placement = placement_group([dict(bundle) for _ in range(num_actors)], strategy="SPREAD")
-        try:
-            ray.get(self._placement.ready(), timeout=startup_timeout)
-        except ray.exceptions.GetTimeoutError as error:
-            remove_placement_group(self._placement)
-            raise RayEngineError(
-                f"the Ray cluster could not place {num_actors} engine actors of {bundle} within "
-                f"{startup_timeout:.0f} s (cluster resources: {ray.cluster_resources()})"
-            ) from error
-        env_vars = {"OMP_NUM_THREADS": str(threads_per_actor), "TOKENIZERS_PARALLELISM": "false"}
-        if backend == "vllm" and not gpus_per_actor:
-            env_vars["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-        env = dict(runtime_env or {})
-        env["env_vars"] = {**env_vars, **env.get("env_vars", {})}
-        remote_class = ray.remote(concurrency_groups={"control": 1})(EngineActor)
         self.actor_names = [f"engine-{i}" for i in range(num_actors)]
-        self.actors = [
-            remote_class.options(
-                num_cpus=threads_per_actor,
-                num_gpus=gpus_per_actor,
-                max_restarts=max_restarts,
-                max_task_retries=0,  # retried here, on a live actor, instead of waiting for this one's restart
-                runtime_env=env,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self._placement, placement_group_bundle_index=i
-                ),
-            ).remote(name, backend, payload, tokenizer, self.engine_kwargs, threads_per_actor, seed + i)
-            for i, name in enumerate(self.actor_names)
-        ]
+        self.actors = self._start_actors(
+            payload, threads_per_actor, gpus_per_actor, max_restarts, seed, runtime_env, startup_timeout
+        )
         try:
             self.actor_info = ray.get([a.ready.remote() for a in self.actors], timeout=startup_timeout)
         except Exception:
@@ -372,6 +341,51 @@ class RayEngine(TokenizerPrompts):
         """Seconds the last ``update_weights`` took (put + every actor loaded)."""
         self.last_routes: list[Piece] = []
         """Where the last ``generate`` placed each prompt's samples (before any retry)."""
+
+    def _start_actors(
+        self,
+        payload: Any,
+        threads: int,
+        gpus: float,
+        max_restarts: int,
+        seed: int,
+        runtime_env: dict[str, Any] | None,
+        startup_timeout: float,
+    ) -> list[Any]:
+        """Reserve one bundle per actor (a placement group spread over nodes), then start the actors in it."""
+        ray = self._ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle: dict[str, float] = {"CPU": threads, **({"GPU": gpus} if gpus else {})}
+        self._placement = placement_group([dict(bundle) for _ in range(self.num_actors)], strategy="SPREAD")
+        try:
+            ray.get(self._placement.ready(), timeout=startup_timeout)
+        except ray.exceptions.GetTimeoutError as error:
+            remove_placement_group(self._placement)
+            raise RayEngineError(
+                f"the Ray cluster could not place {self.num_actors} engine actors of {bundle} within "
+                f"{startup_timeout:.0f} s (cluster resources: {ray.cluster_resources()})"
+            ) from error
+        env_vars = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        if self.backend == "vllm" and not gpus:
+            env_vars["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        env = dict(runtime_env or {})
+        env["env_vars"] = {**env_vars, **env.get("env_vars", {})}
+        remote_class = ray.remote(concurrency_groups={"control": 1})(EngineActor)
+        return [
+            remote_class.options(
+                num_cpus=threads,
+                num_gpus=gpus,
+                max_restarts=max_restarts,
+                max_task_retries=0,  # retried here, on a live actor, instead of waiting for this one's restart
+                runtime_env=env,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self._placement, placement_group_bundle_index=i
+                ),
+            ).remote(name, self.backend, payload, self._tokenizer, self.engine_kwargs, threads, seed + i)
+            for i, name in enumerate(self.actor_names)
+        ]
 
     # -- interface -----------------------------------------------------------------------------------------------
     @property
