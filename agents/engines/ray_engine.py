@@ -132,7 +132,13 @@ class EngineActor:
         """Where this actor runs (after its engine is built)."""
         import socket
 
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "version": self.version}
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "version": self.version,
+            "code": __file__,  # which openr-gym this node runs (installed, shipped by runtime_env, ...)
+        }
 
     def status(self) -> dict[str, Any]:
         """What the actor is doing now (answers during a batch: RayEngine calls it in its own concurrency group)."""
