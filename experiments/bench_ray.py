@@ -25,7 +25,7 @@ from typing import Any
 
 import tyro
 
-__all__ = ["BenchRayConfig", "main"]
+__all__ = ["BenchRayConfig", "main", "project_scaling"]
 
 
 @dataclass
@@ -175,6 +175,53 @@ def _grpo_update(engine: Any, config: BenchRayConfig) -> dict[str, float]:
     }
 
 
+SCALES = (8, 64, 512)
+
+
+def project_scaling(result: dict[str, Any], scales: tuple[int, ...] = SCALES) -> dict[str, Any]:
+    """Expected speed-up with N generation actors, from this run's measurements (docs/distributed.md).
+
+    Synchronous RL (generate, then train, then broadcast): an update takes ``G / (N e) + B(N) + U`` with ``G`` the
+    rollout time on 1 actor, ``e`` the measured 2-actor efficiency, ``U`` the optimisation time and ``B(N)`` the
+    broadcast, extrapolated linearly from the 1- and 2-actor broadcasts (pessimistic: as if the actors loaded one
+    after another; ``..._parallel_broadcast`` keeps it at the 1-actor time, as when each actor loads on its own
+    node).
+    Search has no update: ``N e``. The ceiling of RL is ``(G + U) / U`` once ``G / N`` is small.
+    """
+    rows = {row["engine"]: row for row in result["rows"]}
+    one, two = rows.get("1 actor"), rows.get("2 actors")
+    update = result.get("grpo_update")
+    if not (one and two and update):
+        return {}
+    efficiency = {
+        key: two[key]["tokens_per_s"] / (2 * one[key]["tokens_per_s"]) for key in ("search", "rollouts")
+    }
+    rollout_1 = update["rollout_seconds"] * 2 * efficiency["rollouts"]  # the update ran on 2 actors
+    optimise = update["optimise_seconds"]
+    per_actor = two["broadcast_seconds"] - one["broadcast_seconds"]
+    broadcast = [one["broadcast_seconds"] + max(per_actor, 0.0) * (n - 1) for n in (1, *scales)]
+    base = rollout_1 + broadcast[0] + optimise
+    out: dict[str, Any] = {
+        "inputs": {
+            "rollout_seconds_1_actor": rollout_1,
+            "optimise_seconds": optimise,
+            "broadcast_seconds_1_actor": one["broadcast_seconds"],
+            "broadcast_seconds_per_extra_actor": per_actor,
+            "efficiency_2_actors": efficiency,
+        },
+        "rl_ceiling": (rollout_1 + optimise) / optimise if optimise > 0 else None,
+    }
+    e = efficiency["rollouts"]
+    for n, b in zip(scales, broadcast[1:]):
+        out[str(n)] = {
+            "rl_speedup": base / (rollout_1 / (n * e) + b + optimise),
+            "rl_speedup_parallel_broadcast": base / (rollout_1 / (n * e) + broadcast[0] + optimise),
+            "search_speedup": n * efficiency["search"],
+            "broadcast_seconds": b,
+        }
+    return out
+
+
 def _table(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> str:
     lines = [
         "| engine | search tok/s | search problems/s | rollout tok/s | rollout problems/s | search vs in-process "
@@ -245,6 +292,14 @@ def main(config: BenchRayConfig) -> dict[str, Any]:
         "load_average": os.getloadavg(),
         "table": table,
     }
+    result["scaling"] = project_scaling(result)
+    for n in SCALES:
+        if str(n) in result["scaling"]:
+            p = result["scaling"][str(n)]
+            print(
+                f"projected with {n} actors: GRPO update {p['rl_speedup']:.2f}x "
+                f"({p['rl_speedup_parallel_broadcast']:.2f}x with a parallel broadcast), search {p['search_speedup']:.1f}x"
+            )
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
