@@ -10,6 +10,7 @@ engine for the module: actor start-up dominates the time.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -178,7 +179,9 @@ def test_request_that_keeps_failing_names_the_actors_and_the_request(engine):
         engine.request_timeout, engine.max_attempts = 120, 3
     message = str(caught.value)
     assert "generate request for prompts" in message and "failed 2 times" in message
-    assert "engine-0" in message and "engine-1" in message and "no answer within 0.05 s" in message
+    assert len(re.findall(r"engine-\d \(pid \d+\)", message)) == 2  # each attempt names its actor
+    assert "no answer within 0.05 s (actor restarted)" in message
+    assert {fault["actor"] for fault in engine.faults} == {"engine-0", "engine-1"}
 
 
 def test_bad_input_raises_as_in_process(engine):
