@@ -71,6 +71,8 @@ class TrainSB3Config:
     """``DummyVecEnv`` (one process) or ``SubprocVecEnv`` (one process per env)."""
     random_episodes: int = 10
     """Episodes per held-out problem for the random baseline."""
+    train_eval_problems: int = 64
+    """The learned selector is also evaluated on (at most) this many training problems, to show over-fitting."""
     ppo_n_steps: int = 256
     """PPO: steps per env per update (one update = ``ppo_n_steps * n_envs`` steps, 10 epochs of minibatches of 256)."""
     speed_steps: int = 5_000
@@ -326,11 +328,19 @@ def train_and_evaluate(
     out = Path(config.out_dir)
     test_env = make_test()
     test_env.problem_ids = list(test_ids)
-    results: dict[str, Any] = {"rules": {}, "learned": []}
+    results: dict[str, Any] = {"rules": {}, "rules_on_training_problems": {}, "learned": []}
+    train_env = make_train_env(make_train, train_ids)
     for rule in rules_for(config.task, meta):
         episodes = config.random_episodes if rule == "random" else 1
         results["rules"][rule] = evaluate_selector(test_env, test_ids, HAND_RULES[rule], episodes)
-        print(f"  {rule:>14}: held-out success {results['rules'][rule]['success']:.3f}")
+        on_train = evaluate_selector(
+            train_env, train_ids[: config.train_eval_problems], HAND_RULES[rule], episodes
+        )
+        results["rules_on_training_problems"][rule] = on_train
+        print(
+            f"  {rule:>14}: held-out success {results['rules'][rule]['success']:.3f}, "
+            f"training problems {on_train['success']:.3f}"
+        )
     for seed in config.seeds:
         torch.manual_seed(seed)
         log_dir = out / f"{config.task}_{config.algo}_s{seed}"
@@ -351,7 +361,7 @@ def train_and_evaluate(
             "train_seconds": seconds,
             "train_fps": config.total_timesteps / seconds,
             "held_out": evaluate_selector(test_env, test_ids, learned),
-            "train_problems": evaluate_selector(make_train_env(make_train, train_ids), train_ids, learned),
+            "train_problems": evaluate_selector(train_env, train_ids[: config.train_eval_problems], learned),
         }
         results["learned"].append(row)
         print(
@@ -359,6 +369,7 @@ def train_and_evaluate(
             f"training problems {row['train_problems']['success']:.3f}, {row['train_fps']:.0f} steps/s"
         )
     test_env.close()
+    train_env.close()
     return results
 
 
