@@ -47,6 +47,20 @@ def test_alfworld_data_without_json_folder_is_an_error(tmp_path: Path, monkeypat
     assert GamePool(source="generated", num_games=3, cache_dir=tmp_path / "cache").source == "generated"
 
 
+def test_alfworld_default_cache_set_by_import_alfworld_is_not_a_choice(tmp_path: Path, monkeypatch) -> None:
+    """``import alfworld`` writes ``~/.cache/alfworld`` into ``$ALFWORLD_DATA`` when it is unset: after that import
+    an env must still play generated games, not fail for a folder nobody named."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    default = tmp_path / ".cache" / "alfworld"
+    default.mkdir(parents=True)
+    monkeypatch.setenv("ALFWORLD_DATA", str(default))
+    assert GamePool(num_games=3, cache_dir=tmp_path / "cache").source == "generated"
+    with pytest.raises(
+        FileNotFoundError, match=r"data_dir=.*has no json_2\.1\.1"
+    ):  # named explicitly: an error
+        GamePool(data_dir=default, cache_dir=tmp_path / "cache")
+
+
 def test_alfworld_data_without_games_says_where_it_looked(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "json_2.1.1" / "train").mkdir(parents=True)
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))

@@ -35,12 +35,20 @@ def alfworld_json_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
         return None
     named = "data_dir" if data_dir else "$ALFWORLD_DATA"
     path = Path(root).expanduser() / "json_2.1.1"
+    if not path.is_dir() and not data_dir and _is_alfworld_default(root):
+        return None  # `import alfworld` writes its default cache into $ALFWORLD_DATA: nobody chose it
     if not path.is_dir():
         raise FileNotFoundError(
             f"{named}={root} has no json_2.1.1/ folder (ALFWorld's layout: json_2.1.1/<split>/<task>/<trial>/"
             "game.tw-pddl, from alfworld-download); fix the path, unset it, or pass source='generated'"
         )
     return path
+
+
+def _is_alfworld_default(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is the cache folder ``alfworld.info`` puts into ``$ALFWORLD_DATA`` at import when unset."""
+    default = Path("~/.cache/alfworld").expanduser()
+    return Path(root).expanduser().resolve() == default.resolve()
 
 
 @dataclass(frozen=True)
