@@ -56,6 +56,17 @@ class Prefill:
     """Prompt tokens of each row that came from the prefix cache (not computed here)."""
 
 
+@dataclass
+class _PassInputs:
+    """What one prefill forward pass takes: the KV cache (cached segments copied in) and the uncached tokens."""
+
+    kv: Any
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    columns: list[list[int]]
+
+
 def kv_range(kv: Any, row: int, columns: list[int]) -> Callable[[int, int], KV]:
     """``PrefixCache.insert``'s callback: new (layers, heads, tokens, dim) tensors of one batch row's tokens
     ``start:stop`` (through the row's ``columns``)."""
@@ -131,16 +142,18 @@ class Prefiller:
 
     def _prefill_past(self, prompt_ids: list[list[int]], hits: list[Hit]) -> Prefill:
         """One forward pass over the uncached prompt tokens (``cached`` is left empty for the caller)."""
-        kv, input_ids, attention_mask, positions, columns = self._inputs(prompt_ids, hits)
+        inputs = self._inputs(prompt_ids, hits)
         out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            past_key_values=kv,
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.positions,
+            past_key_values=inputs.kv,
             use_cache=True,
             logits_to_keep=1,
         )
-        return Prefill(out.logits[:, -1], kv, attention_mask, positions, columns, cached=[])
+        return Prefill(
+            out.logits[:, -1], inputs.kv, inputs.attention_mask, inputs.positions, inputs.columns, cached=[]
+        )
 
     def _prefill_in_length_groups(self, prompt_ids: list[list[int]], hits: list[Hit]) -> list[Hit]:
         """Prefill prompts of very different lengths in groups of similar length (all but their last token).
@@ -176,9 +189,7 @@ class Prefiller:
                 )
         return hits
 
-    def _inputs(
-        self, prompt_ids: list[list[int]], hits: list[Hit]
-    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
+    def _inputs(self, prompt_ids: list[list[int]], hits: list[Hit]) -> _PassInputs:
         """The KV cache to prefill into (cached segments copied in), the uncached prompt tokens, attention mask,
         position ids and each row's cache columns, in the layout of the module docstring."""
         from transformers import DynamicCache
@@ -214,4 +225,4 @@ class Prefiller:
                 state.lazy_initialization(keys[layer], values[layer])
                 state.keys, state.values = keys[layer], values[layer]
         device = self.device
-        return kv, input_ids.to(device), attention_mask.to(device), positions.to(device), columns
+        return _PassInputs(kv, input_ids.to(device), attention_mask.to(device), positions.to(device), columns)
