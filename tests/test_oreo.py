@@ -269,3 +269,20 @@ def test_train_script_has_an_oreo_subcommand():
     assert isinstance(config.agent, OREOConfig) and AGENTS[OREOConfig] == "agents.rl.oreo:OREO"
     assert config.agent.data_files == ("a.jsonl",) and config.agent.beta == 0.1
     assert config.agent.kl_weight == 0.1  # step level's alpha by default
+
+
+def test_lora_policy_and_value_train_only_adapters_and_head():
+    pytest.importorskip("peft")
+    agent = toy_agent(lora_r=4, lora_target_modules="q_proj,v_proj")
+    assert agent.reference is None  # under LoRA the reference is the base model with adapters off
+    frozen = {n: p.detach().clone() for n, p in agent.value_lm.named_parameters() if not p.requires_grad}
+    agent.add_data(toy_data())
+    before = probe(agent)
+    assert float(before["kl"].abs().max()) < 1e-6  # adapters start at zero: pi == pi_ref
+    agent.train_on(list(range(16)))
+    after = probe(agent)
+    assert float((after["log_ratio"] - before["log_ratio"]).abs().max()) > 0
+    assert float(agent.value_head.weight.detach().abs().sum()) > 0
+    for name, parameter in agent.value_lm.named_parameters():
+        if name in frozen:
+            torch.testing.assert_close(parameter, frozen[name])
