@@ -10,12 +10,14 @@ backward. OREO: the policy forward and backward, the reference forward (every up
 the worst case; by default OREO keeps a trajectory's reference log-probs after their first use) and the value
 model's forward and backward: ``oreo`` on a separate LM copy (the paper), ``oreo_shared`` a head on the policy's
 backbone. Each runs in its own subprocess (its own peak RSS). Reported: median seconds per update over updates
-2..N, the ratio to SFT (target <= 2.5 for ``oreo``), peak RSS, CPU capability and dtypes.
+2..N, the ratio to SFT (target <= 2.5 for ``oreo``), peak RSS, the machine's load average while each ran (other
+jobs on a shared machine skew the ratio), CPU capability and dtypes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -98,6 +100,7 @@ def run_mode(config: BenchOREOConfig, mode: str) -> dict[str, Any]:
     shared = dict(seed=config.seed, micro_batch_size=config.micro_batch_size, autocast="auto", verbose=0)
     loaded_rss = _peak_rss_gb()
     seconds: list[float] = []
+    load = [os.getloadavg()[0]]
     if mode == "sft":
         agent: Any = SFT(engine, None, SFTConfig(**shared))
         examples = [SFTExample(t.question, t.steps, t.instruction) for t in batch]
@@ -105,6 +108,7 @@ def run_mode(config: BenchOREOConfig, mode: str) -> dict[str, Any]:
             started = time.perf_counter()
             agent.loss_on(examples)
             seconds.append(time.perf_counter() - started)
+            load.append(os.getloadavg()[0])
     else:
         value_model = "shared" if mode == "oreo_shared" else "separate"
         agent = OREO(engine, None, OREOConfig(value_model=value_model, cache_reference=False, **shared))
@@ -114,9 +118,11 @@ def run_mode(config: BenchOREOConfig, mode: str) -> dict[str, Any]:
             started = time.perf_counter()
             agent.train_on(indices)
             seconds.append(time.perf_counter() - started)
+            load.append(os.getloadavg()[0])
     tokens = sum(len(row.response) for i in range(len(batch)) for row in _tokens(agent, batch, i))
     return {
         "update_seconds": seconds,
+        "load_average": load,
         "response_tokens": tokens,
         "rss_after_load_gb": loaded_rss,
         "peak_rss_gb": _peak_rss_gb(),
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"running {mode} ...", flush=True)
         results[mode] = _child(config, mode)
     summary = summarise(results)
-    print(f"{'mode':<12} {'s/update':>9} {'x SFT':>6} {'peak RSS GB':>12}")
+    print(f"{'mode':<12} {'s/update':>9} {'x SFT':>6} {'peak RSS GB':>12} {'max load':>9}")
     for mode, row in summary.items():
         if "error" in row:
             print(f"{mode:<12} error: {row['error']}")
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratio = row.get("ratio_over_sft")
         print(
             f"{mode:<12} {row['median_update_seconds']:>9.2f} {ratio if ratio else 1.0:>6.2f} "
-            f"{row['peak_rss_gb']:>12.2f}"
+            f"{row['peak_rss_gb']:>12.2f} {row['max_load_average']:>9.1f}"
         )
     hardware = next((r["hardware"] for r in results.values() if "hardware" in r), {})
     print(
