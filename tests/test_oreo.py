@@ -286,3 +286,28 @@ def test_lora_policy_and_value_train_only_adapters_and_head():
     for name, parameter in agent.value_lm.named_parameters():
         if name in frozen:
             torch.testing.assert_close(parameter, frozen[name])
+
+
+def test_value_scorer_guides_mcts_and_best_of_n():
+    import reasoning_gym  # noqa: F401
+    from agents.search.best_of_n import BestOfN, BestOfNConfig
+    from agents.search.mcts import MCTS, MCTSConfig
+
+    agent = OREO(tiny_engine(), "openr/Arithmetic-v0", OREOConfig(autocast="off", verbose=0))
+    env = gym.make("openr/Arithmetic-v0", level=1)
+    for search in (
+        MCTS(
+            agent.engine,
+            env,
+            MCTSConfig(num_simulations=2, num_expansions=2, max_steps=2, max_new_tokens=6),
+            prm=agent.value_scorer(),
+        ),
+        BestOfN(
+            agent.engine,
+            env,
+            BestOfNConfig(n=2, max_steps=2, max_new_tokens=6, selection="prm_last_max"),
+            prm=agent.value_scorer(),
+        ),
+    ):
+        result = search.solve(env, seed=1)
+        assert search.value is search.prm and search.prm.calls >= 1 and result["prm_calls"] >= 1
