@@ -114,6 +114,31 @@ def test_features_merge_duplicates_and_measure_agreement():
         env.step(8)
 
 
+class FakeResultPRM:
+    """A stand-in scorer (``score(questions, step_lists)``) that likes steps ending in 7; counts its calls.
+    Real transformer PRMs are tested in test_prm.py."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, questions, step_lists):
+        self.calls += 1
+        return [
+            [0.5] * (len(steps) - 1) + [0.9 if steps[-1].rstrip(".}").endswith("7") else 0.2]
+            for steps in step_lists
+        ]
+
+
+def test_scorer_fills_the_score_feature_in_one_call():
+    scorer = FakeResultPRM()
+    env = CandidateChoice(arithmetic(), FakeStepEngine(SCRIPT), k=8, max_new_tokens=8, scorer=scorer)
+    observation, info = env.reset(options={"problem_id": "L1-0"})
+    scores = feature_matrix(observation)[:4, COL["score"]]
+    np.testing.assert_allclose(scores, [0.9, 0.2, 0.9, 0.9], rtol=1e-6)
+    assert scorer.calls == 1  # every candidate of the state in one batched call
+    assert all(c.score is not None for c in env.candidates)
+
+
 def test_repeat_and_goal_overlap_features():
     candidates = [Candidate("go to fridge 1", share=0.5), Candidate("look", share=0.5)]
     features = candidate_features(
