@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-__all__ = ["CollectExpertsConfig", "collect", "game_split", "main"]
+__all__ = ["parse_args", "CollectExpertsConfig", "collect", "game_split", "main"]
 
 SEED_RANGE = 100_000
 """Generator seeds are drawn from ``[0, SEED_RANGE)``."""
@@ -213,8 +213,13 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return list(read_trajectories(path)) if path.exists() else []
 
 
+def parse_args(argv: list[str] | None = None) -> CollectExpertsConfig:
+    """The script's config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(CollectExpertsConfig, args=argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return collect(tyro.cli(CollectExpertsConfig, args=argv, description=__doc__))
+    return collect(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import tyro
 
-__all__ = ["EvalALFWorldConfig", "evaluate", "main", "summarize"]
+__all__ = ["parse_args", "EvalALFWorldConfig", "evaluate", "main", "summarize"]
 
 Mode = Literal["greedy", "value", "sampled"]
 
@@ -282,8 +282,13 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
     plt.close(figure)
 
 
+def parse_args(argv: list[str] | None = None) -> EvalALFWorldConfig:
+    """The script's config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return tyro.cli(EvalALFWorldConfig, args=argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return evaluate(tyro.cli(EvalALFWorldConfig, args=argv, description=__doc__))
+    return evaluate(parse_args(argv))
 
 
 if __name__ == "__main__":

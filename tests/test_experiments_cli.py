@@ -27,6 +27,8 @@ SCRIPTS = {
     "experiments.plot_rl": "PlotRunsConfig",
     "experiments.gpu_check": "GPUCheckConfig",
     "experiments.train_prm": "PRMTrainConfig",
+    "experiments.collect_alfworld_experts": "CollectExpertsConfig",
+    "experiments.eval_alfworld": "EvalALFWorldConfig",
 }
 
 # scripts that need some flags, and the config fields those flags set
