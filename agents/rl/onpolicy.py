@@ -93,7 +93,8 @@ class OnPolicyAgent(TrainableAgent):
     def token_loss(
         self, out: PolicyOutput, data: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(B, R)`` loss per token and its named terms (logged as ``train/<name>``, token means).
+        """``(B, R)`` loss per token and its named terms (each logged as ``train/<name>``: its share of the loss,
+        aggregated as the loss is).
 
         ``data`` holds ``prepare``'s tensors for these rows plus ``old_logprobs`` (the behaviour policy's,
         detached) and, with a reference, ``ref_logprobs``."""
@@ -194,8 +195,8 @@ class OnPolicyAgent(TrainableAgent):
             skip = cfg.kl_coef == 0 and cfg.skip_zero_advantage
             rows = [row for row, useful in enumerate(informative) if useful or not skip]
         if not rows:
-            self.optimizer_step()  # what prepare trained (e.g. OREAL's reward model) still steps
-            self.sync_engine()
+            if any(p.grad is not None for group in self.optimizer.param_groups for p in group["params"]):
+                self.optimizer_step()  # what prepare trained (OREAL's reward model) still steps
             return metrics, env_steps
         data = dict(prepared.tensors)
         if "old_logprobs" not in data and (cfg.epochs > 1 or cfg.minibatches > 1):

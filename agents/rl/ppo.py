@@ -137,9 +137,10 @@ class PPO(OnPolicyAgent):
         rewards = step_rewards_to_tokens(
             rollout.step_ends, [e.step_rewards for e in rollout.episodes], episode_mask.shape[1]
         )
-        kl_penalty = torch.zeros_like(mask)
-        if cfg.kl_coef > 0:
-            kl_penalty = (old.logprobs - self.reference_logprobs(rollout.tokens)) * mask
+        kl_penalty, tensors = torch.zeros_like(mask), {}
+        if cfg.kl_coef > 0:  # the reference's log-probs enter the reward (and are not computed again)
+            tensors["ref_logprobs"] = self.reference_logprobs(rollout.tokens)
+            kl_penalty = (old.logprobs - tensors["ref_logprobs"]) * mask
         episode_advantages, episode_returns = gae_advantages(
             rewards - cfg.kl_coef * rollout.to_episodes(kl_penalty),
             rollout.to_episodes(old_values),
@@ -155,7 +156,7 @@ class PPO(OnPolicyAgent):
             "train/kl": float(masked_mean(kl_penalty, mask)),
             "train/value_mean": float(masked_mean(old_values, mask)),
         }
-        tensors = {
+        tensors |= {
             "advantages": advantages,
             "returns": returns,
             "old_logprobs": old.logprobs,
