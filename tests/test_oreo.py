@@ -311,3 +311,22 @@ def test_value_scorer_guides_mcts_and_best_of_n():
     ):
         result = search.solve(env, seed=1)
         assert search.value is search.prm and search.prm.calls >= 1 and result["prm_calls"] >= 1
+
+
+def test_value_model_reads_rows_only_up_to_their_last_state():
+    from agents.rl.oreo_value import response_values
+
+    agent = toy_agent()
+    agent.add_data(toy_data())
+    torch.nn.init.normal_(
+        agent.value_head.weight, std=0.1
+    )  # a non-zero head, so the comparison means something
+    batch = TrajectoryBatch([agent._tokenized(i) for i in range(4)], agent.pad_token_id)
+    assert batch.value_rows.response_mask.sum() < batch.rows.response_mask.sum()  # the last step is not read
+    with torch.no_grad():
+        full = batch.to_trajectories(response_values(agent.value_lm.backbone, agent.value_head, batch.rows))
+        cut = batch.to_trajectories(
+            batch.widen(response_values(agent.value_lm.backbone, agent.value_head, batch.value_rows))
+        )
+    states = batch.state_mask.bool()
+    torch.testing.assert_close(cut[states], full[states], atol=1e-5, rtol=1e-5)

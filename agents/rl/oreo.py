@@ -259,8 +259,11 @@ class OREO(TrainableAgent):
         sums = {"value_loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "value_mean": 0.0, "log_ratio": 0.0}
         total = len(indices)
         tokens = 0.0
+        # Samples of one problem side by side: a micro-batch then runs their shared prompt once (``policy_forward``);
+        # the update is a sum over micro-batches, so the order does not change it.
+        ordered = sorted(indices, key=lambda i: self._tokenized(i).rows[0].context)
         for start in range(0, total, max(1, self.config.micro_batch_size)):
-            chunk = list(indices[start : start + self.config.micro_batch_size])
+            chunk = ordered[start : start + self.config.micro_batch_size]
             batch = TrajectoryBatch([self._tokenized(i) for i in chunk], self.pad_token_id)
             reference = self._reference_logprobs(chunk, batch)
             with self.autocast():
@@ -298,9 +301,12 @@ class OREO(TrainableAgent):
             value_head=self.value_head if shared else None,
         )
         logprobs = batch.to_trajectories(out.logprobs)
-        row_values = (
-            out.values if shared else response_values(self.value_lm.backbone, self.value_head, batch.rows)
-        )
+        if shared:
+            row_values = out.values
+        else:  # the value LM reads each row only up to its last state (values after it are never used)
+            row_values = batch.widen(
+                response_values(self.value_lm.backbone, self.value_head, batch.value_rows)
+            )
         values = batch.to_trajectories(row_values)
         actions, states, rewards = batch.action_mask, batch.state_mask, batch.rewards
         log_ratio = (logprobs - reference) * actions
@@ -439,18 +445,24 @@ class OREO(TrainableAgent):
 
 class TrajectoryBatch:
     """Trajectories as model rows (a ``TokenBatch``) and as ``(N, T)`` trajectory tensors (their rows' responses
-    concatenated): ``action_mask``, ``state_mask``, ``rewards``; ``to_trajectories`` maps a row tensor over."""
+    concatenated): ``action_mask``, ``state_mask``, ``rewards``; ``to_trajectories`` maps a row tensor over.
+
+    ``value_rows`` are the same rows cut after their last state: V(s) at a state reads only the tokens before it,
+    so a separate value model need not run over the last step (at step level often half of a short solution)."""
 
     def __init__(self, trajectories: Sequence[TokenTrajectory], pad_token_id: int) -> None:
-        items, owners, offsets = [], [], []
+        items, value_items, owners, offsets = [], [], [], []
         for index, trajectory in enumerate(trajectories):
             offset = 0
             for row in trajectory.rows:
                 items.append(TokenizedEpisode(row.context, row.response, []))
+                last_state = max((j for j, s in enumerate(row.state) if s), default=0)
+                value_items.append(TokenizedEpisode(row.context, row.response[: last_state + 1], []))
                 owners.append(index)
                 offsets.append(offset)
                 offset += len(row.response)
         self.rows: TokenBatch = make_token_batch(items, pad_token_id)
+        self.value_rows: TokenBatch = make_token_batch(value_items, pad_token_id)
         self.lengths = [t.num_tokens for t in trajectories]
         width = max(self.lengths)
         self.action_mask = torch.zeros(len(trajectories), width)
@@ -468,6 +480,11 @@ class TrajectoryBatch:
             pos_index += list(range(offset, offset + count))
         self._source = (torch.tensor(row_index), torch.tensor(col_index))
         self._target = (torch.tensor(traj_index), torch.tensor(pos_index))
+
+    def widen(self, value_row_tensor: torch.Tensor) -> torch.Tensor:
+        """A ``value_rows`` tensor padded with zeros to the width of ``rows``."""
+        missing = self.rows.response_mask.shape[1] - value_row_tensor.shape[1]
+        return torch.nn.functional.pad(value_row_tensor, (0, missing))
 
     def to_trajectories(self, row_tensor: torch.Tensor) -> torch.Tensor:
         """``(rows, R)`` over row responses -> ``(N, T)`` over trajectories (keeps the gradient)."""
