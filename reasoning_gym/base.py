@@ -170,6 +170,10 @@ class ReasoningEnv(gym.Env[str, str]):
     answer this step stated, or None), ``invalid``, ``invalid_reason``; at termination ``correct``. The reference
     answer is never in the observation or ``info``: trusted code reads ``env.unwrapped.problem.answer``.
 
+    ## Reset options
+    ``reset(options={"problem_id": id})`` replays one problem; ``options`` must be a dict and ``problem_id`` its only
+    key (a typo is an error naming the valid options, an unknown id a ``KeyError`` showing what ids look like).
+
     ## Arguments
     ``instruction``, ``correct_reward``, ``incorrect_reward``, ``invalid_step_penalty``, ``max_steps``,
     ``max_step_chars``, ``judge_timeout``, ``render_mode`` (``"ansi"``), plus each subclass's data arguments.
