@@ -65,7 +65,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_k
     if address in (None, "", "local"):
         init_kwargs.setdefault("include_dashboard", False)
         init_kwargs.setdefault("_node_ip_address", "127.0.0.1")
-        ray.init(num_cpus=num_cpus, **init_kwargs)
+        # address="local": a new private instance even when another cluster runs on this machine (a bare init would
+        # join that one, and refuse num_cpus)
+        ray.init(address="local", num_cpus=num_cpus, **init_kwargs)
     else:
         ray.init(address=address, **init_kwargs)
     return ray
