@@ -31,7 +31,13 @@ PROMPTS = [f"Problem {i}: what is {i} plus {2 * i}?" for i in range(8)]
 @pytest.fixture(scope="module")
 def ray_instance():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 

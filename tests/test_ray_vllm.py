@@ -24,7 +24,13 @@ pytestmark = [
 def test_vllm_actors_serve_the_trainers_weights(tmp_path):
     folder = save_tiny_model(tmp_path / "model", seed=0)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     try:
         vllm_kwargs = {
             "dtype": "float32",
