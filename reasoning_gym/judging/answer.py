@@ -54,6 +54,20 @@ def _closed_braces(text: str) -> dict[int, int]:
     return closing
 
 
+def _close_of(text: str, content_start: int) -> int:
+    """Index of the ``}`` closing the ``{`` just before ``content_start``, or -1; linear in the rest of the text."""
+    depth = 1
+    for match in _BRACE.finditer(text, content_start):
+        brace = match.group()
+        if brace == "{":
+            depth += 1
+        elif brace == "}":
+            depth -= 1
+            if depth == 0:
+                return match.start()
+    return -1
+
+
 def _boxed_spans(text: str) -> list[tuple[int, int]]:
     """(start of content, closing ``}`` or -1 when never closed) of every ``\\boxed{`` / ``\\fbox{``, in order."""
     openers = [match.end() for match in _BOXED_OPENER.finditer(text)]
@@ -69,6 +83,13 @@ def extract_boxed(text: str) -> str | None:
     A trailing unbalanced one does not hide an earlier complete answer. Linear in ``len(text)``.
     """
     text = text[-_MAX_SCAN:]
+    boxed, fbox = text.rfind("\\boxed{"), text.rfind("\\fbox{")
+    if boxed == -1 and fbox == -1:
+        return None
+    content = boxed + len("\\boxed{") if boxed > fbox else fbox + len("\\fbox{")
+    close = _close_of(text, content)  # the common case: the last box is complete (a scan of the tail only)
+    if close != -1:
+        return text[content:close].strip()
     for start, close in reversed(_boxed_spans(text)):
         if close != -1:
             return text[start:close].strip()
