@@ -168,6 +168,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         summary[mode] = {
             "median_update_seconds": statistics.median(timed),
             "peak_rss_gb": result["peak_rss_gb"],
+            "max_load_average": max(result["load_average"], default=float("nan")),
         }
     sft = summary.get("sft", {}).get("median_update_seconds")
     for mode in ("oreo", "oreo_shared"):
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"running {mode} ...", flush=True)
         results[mode] = _child(config, mode)
     summary = summarise(results)
+    report = {"settings": asdict(config), "summary": summary, "raw": results}
+    if config.out:  # written before the table is printed: the measurements are never lost to a display error
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.out).write_text(json.dumps(report, indent=2))
     print(f"{'mode':<12} {'s/update':>9} {'x SFT':>6} {'peak RSS GB':>12} {'max load':>9}")
     for mode, row in summary.items():
         if "error" in row:
@@ -203,10 +208,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"cpu {hardware.get('cpu_capability')}, autocast {hardware.get('autocast')}, threads {config.threads}"
     )
-    report = {"settings": asdict(config), "summary": summary, "raw": results}
-    if config.out:
-        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.out).write_text(json.dumps(report, indent=2))
     return report
 
 
