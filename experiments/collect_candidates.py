@@ -9,7 +9,7 @@ problems some path solves (the ceiling of any selector).
 
 Example (the Arithmetic level-2 training set of docs/sb3.md)::
 
-    python -m experiments.collect_candidates --init /work/runs/sft-l1/agent --problems 48 --first-seed 0 \\
+    python -m experiments.collect_candidates --init runs/rl/sft/agent --problems 48 --first-seed 0 \\
         --out runs/sb3/arith_l2_train.jsonl --threads 1
 """
 
@@ -42,7 +42,7 @@ class CollectConfig:
     """Seed of the first problem (use disjoint ranges for training and held-out sets)."""
     model: str = "smollm2-135m-instruct"
     """Model name, HF id or folder (used when ``init`` is not given)."""
-    init: str | None = "/work/runs/sft-l1/agent"
+    init: str | None = "runs/rl/sft/agent"
     """A saved agent folder (its ``policy/``) or HF folder to propose with; None uses ``model``."""
     dtype: str = "auto"
     """Engine dtype: auto (bf16 only where the CPU runs it fast), float32 or bfloat16."""

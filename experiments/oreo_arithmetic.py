@@ -33,7 +33,7 @@ BEAMS = {1: (1, 1), 2: (1, 2), 4: (2, 2), 8: (2, 4), 16: (4, 4)}
 class OREOArithmeticConfig:
     """SFT vs RFT vs OREO (vs GRPO) on Arithmetic level 2, then value-guided search at equal compute."""
 
-    init: str = "/work/runs/sft-l1/agent"
+    init: str = "runs/rl/sft/agent"
     """The shared SFT warm-start (a saved agent folder with ``policy/``)."""
     level: int = 2
     """Arithmetic level trained and evaluated."""
