@@ -415,30 +415,30 @@ def build_search(
 
     env = gym.make(config.env, **env_kwargs(config, config.levels))
     sets = held_out_sets(config, env, exclude)
-    cells_path = folder / "cells.jsonl"
+    from wrappers.recorder import append_jsonl, read_trajectories
+
+    cells_path = (
+        folder / "cells.jsonl"
+    )  # one line per finished cell: a kill costs at most the cell being written
     done = set()
     if cells_path.is_file():
-        for line in cells_path.read_text().splitlines():
-            cell = json.loads(line)
-            done.add((cell["run"], cell["budget"], cell["set"]))
+        done = {(cell["run"], cell["budget"], cell["set"]) for cell in read_trajectories(cells_path)}
     runs = search_runs(config)
     total = len(runs) * sum(len(s) for s in sets)
     bar = _bar(config, total, "stage 4/4 search")
-    with cells_path.open("a") as cells:
-        for run, budget in runs:
-            for index, problems in enumerate(sets):
-                if (run, budget, index) in done:
-                    bar.update(len(problems))
-                    continue
-                bar.set_postfix_str(f"{run} budget={budget} set={index}")
-                agent = make_agent(run, budget, config, engine, env, prm, value)
-                reset = getattr(engine, "reset_prefix_cache", None)
-                if reset is not None:  # each cell's prompt re-use is its own
-                    reset()
-                results, seconds = run_agent(agent, env, problems, bar)
-                cell = {"run": run, "budget": budget, "set": index, "seconds": seconds, "results": results}
-                cells.write(json.dumps(cell, default=str) + "\n")
-                cells.flush()
+    for run, budget in runs:
+        for index, problems in enumerate(sets):
+            if (run, budget, index) in done:
+                bar.update(len(problems))
+                continue
+            bar.set_postfix_str(f"{run} budget={budget} set={index}")
+            agent = make_agent(run, budget, config, engine, env, prm, value)
+            reset = getattr(engine, "reset_prefix_cache", None)
+            if reset is not None:  # each cell's prompt re-use is its own
+                reset()
+            results, seconds = run_agent(agent, env, problems, bar)
+            cell = {"run": run, "budget": budget, "set": index, "seconds": seconds, "results": results}
+            append_jsonl(cells_path, cell)  # cuts a line torn by a killed run before appending
     bar.close()
     env.close()
     return {"cells": "cells.jsonl", "sets": [[p["problem_id"] for p in s] for s in sets]}
@@ -853,7 +853,9 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
     stages["search"] = cache.run("search", {**env_identity, **search_config}, search_inputs, build)
     search = stages["search"]
     report(search)
-    cells = [json.loads(line) for line in (search.folder / search.summary["cells"]).read_text().splitlines()]
+    from wrappers.recorder import read_trajectories
+
+    cells = list(read_trajectories(search.folder / search.summary["cells"]))
     return write_report(config, out, cells, stages, time.perf_counter() - started)
 
 

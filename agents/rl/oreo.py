@@ -18,6 +18,7 @@ At test time ``agent.value_scorer()`` guides ``BeamSearch`` / ``MCTS`` / ``BestO
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,18 +340,11 @@ class OREO(TrainableAgent):
         r, c = rows.response_mask.nonzero(as_tuple=True)
         positions = rows.response_positions[r, c]
         hidden = hidden_states(self.model, rows.input_ids, rows.attention_mask)[:, :-1][r, positions]
-        with torch.no_grad():
-            if self.reference is not None:
-                ref_model = self.reference
-                ref_hidden = hidden_states(ref_model, rows.input_ids, rows.attention_mask)[:, :-1][
-                    r, positions
-                ]
-            else:
-                with self.model.disable_adapter():
-                    ref_model = self.model
-                    ref_hidden = hidden_states(ref_model, rows.input_ids, rows.attention_mask)[:, :-1][
-                        r, positions
-                    ]
+        reference = self.reference if self.reference is not None else self.model
+        # LoRA: the reference is the base model, i.e. the policy with its adapters off
+        adapters_off = self.model.disable_adapter() if self.reference is None else contextlib.nullcontext()
+        with torch.no_grad(), adapters_off:
+            ref_hidden = hidden_states(reference, rows.input_ids, rows.attention_mask)[:, :-1][r, positions]
         head, ref_head = (
             self.model.get_output_embeddings(),
             (self.reference or self.model).get_output_embeddings(),

@@ -22,7 +22,6 @@ turn as a state; token-level OREO marks every action token.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,10 +336,3 @@ def _turn_rows(
         if budget <= 0:
             break
     return rows
-
-
-def dump_oreo_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write OREO-format rows (``{"prompt", "response", "reward"}``) as JSONL (for tests and conversions)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(dict(row)) + "\n")

@@ -110,7 +110,7 @@ class ValueScorer:
             ledgers[node.problem].prm_tokens += len(ids)  # the compute a test-time scaling curve counts
             parent_length = self._prompt_lengths.get(id(node.parent), 0) if node.parent is not None else 0
             self._prompt_lengths[id(node)] = len(ids)
-            self.new_tokens += max(len(ids) - parent_length, 0) if parent_length else len(ids)
+            self.new_tokens += max(len(ids) - parent_length, 0)
         values = self._read(encoded)
         for problem in {node.problem for node in nodes}:
             ledgers[problem].prm_calls += 1
