@@ -39,7 +39,6 @@ from pathlib import Path
 
 from reasoning_gym.judging.answer import extract_answer, last_number, normalize_number
 from reasoning_gym.judging.canonical import decide
-from reasoning_gym.judging.decimals import agrees_with_fraction, decimal_literal, terminates
 
 __all__ = ["MathJudger", "normalize_reference", "rule_verdict"]
 
@@ -110,17 +109,6 @@ def _rule_form(text: str) -> tuple[str, Fraction | None, bool, frozenset[tuple[s
     return _canonical(text), _exact_number(text), bool(_BASE_SUBSCRIPT.search(text)), _unit_powers(text)
 
 
-def _exact_numbers_equal(pred: str, pred_num: Fraction, ref: str, ref_num: Fraction) -> bool:
-    """Two exact rationals: equal, or a decimal against a fraction under the one decimal policy (``decimals``)."""
-    if pred_num == ref_num:
-        return True
-    for decimal_side, other in ((pred, ref_num), (ref, pred_num)):
-        decimal = decimal_literal(decimal_side)
-        if decimal is not None and not terminates(other):
-            return agrees_with_fraction(decimal, other)  # 0.0833333 vs 1/12
-    return False
-
-
 def rule_verdict(prediction: str, reference: str) -> bool | None:
     """The verdict where rules alone are sound, else None (math-verify decides)."""
     pred_text, pred_num, pred_base, pred_units = _rule_form(prediction)
@@ -128,7 +116,9 @@ def rule_verdict(prediction: str, reference: str) -> bool | None:
     if pred_text == ref_text:
         return True
     if pred_num is not None and ref_num is not None:
-        return _exact_numbers_equal(prediction, pred_num, reference, ref_num)
+        # two exact numbers: equal, or a decimal against a fraction under the one policy of ``decimals`` (which
+        # ``canonical.decide`` applies)
+        return pred_num == ref_num or bool(decide(prediction, reference))
     if ref_base or pred_base:
         return False  # numbers in a base: math-verify drops the subscript, so only the exact string is safe
     if (pred_units or ref_units) and pred_units != ref_units:
