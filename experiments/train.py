@@ -12,6 +12,8 @@ Examples::
     # GRPO from the warm-start, evaluated every 5 updates on 64 held-out problems
     python -m experiments.train grpo --env openr/Arithmetic-v0 --env-kwargs '{"levels": [1, 2]}' \\
         --init runs/sft/agent --steps 20 --eval-every 5 --group-size 8 --log-dir runs/grpo --save runs/grpo/agent
+    # GRPO with process rewards: each step's reward adds its score from a PRM (experiments/train_prm.py)
+    python -m experiments.train grpo --process-rewards --prm runs/prm/model --init runs/sft/agent --steps 10
     # OREO from the warm-start on recorded trajectories (or iterative: --collect-problems 8)
     python -m experiments.train oreo --init runs/sft/agent --data-files runs/traj.jsonl --steps 20 --log-dir runs/oreo
     # a checkpoint every 5 updates; after a kill, the same command with --resume continues exactly
@@ -31,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -114,6 +116,17 @@ class TrainScriptConfig:
     resume: bool = False
     """Continue from the newest complete checkpoint in the checkpoint dir (a fresh start when there is none), exactly
     as ``agent.load_checkpoint``: ``--steps`` counts updates in total, the log dir's ``progress.csv`` is continued."""
+    prm: str | None = None
+    """A saved PRM folder (``experiments/train_prm.py``, loaded by ``rewards.prm.load_prm``): the training env is
+    wrapped with ``wrappers.PRMReward``, so every step's reward adds the PRM's score of that step (GRPO trains on
+    them with ``--process-rewards``; PPO puts each on its step's last token). Held-out evaluation runs on the
+    plain env (accuracy is the env's ``is_success``)."""
+    prm_per_step: Literal["score", "delta"] = "score"
+    """``PRMReward.per_step``: the step's PRM score, or its change since the previous step (potential-based)."""
+    prm_weight: float = 1.0
+    """``PRMReward.prm_weight``: scale of the PRM term in each step's reward."""
+    prm_outcome_weight: float = 1.0
+    """``PRMReward.outcome_weight``: scale of the env's own (outcome) reward; 0 trains on PRM scores only."""
 
 
 def parse_args(argv: list[str] | None = None) -> TrainScriptConfig:
@@ -145,6 +158,25 @@ def load_policy(model_name: str, init: str | None) -> tuple[Any, Any]:
         folder = Path(init)
         path = str(folder / "policy") if (folder / "policy").is_dir() else str(folder)
     return load_model(path, dtype=torch.float32)
+
+
+def prm_reward_env(args: TrainScriptConfig, env_kwargs: dict[str, Any]) -> Any:
+    """``args.env`` wrapped with ``wrappers.PRMReward`` around the PRM in ``args.prm``; the agent's vector envs
+    are rebuilt from its spec, wrapper included, and share the one PRM."""
+    import gymnasium as gym
+
+    from rewards.prm import load_prm
+    from wrappers import PRMReward
+
+    if not args.prm or not Path(args.prm).is_dir():
+        raise SystemExit(f"--prm {args.prm!r} is not a saved PRM folder")
+    return PRMReward(
+        gym.make(args.env, **env_kwargs),
+        load_prm(args.prm),
+        per_step=args.prm_per_step,
+        prm_weight=args.prm_weight,
+        outcome_weight=args.prm_outcome_weight,
+    )
 
 
 def held_out_seeds(count: int) -> list[int]:
@@ -255,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         engine = HFEngine(model, tokenizer, num_threads=args.threads)
     agent_class = _import(AGENTS[type(config)])
-    agent = agent_class(engine, args.env, config, env_kwargs=env_kwargs)
+    train_env = prm_reward_env(args, env_kwargs) if args.prm else args.env
+    agent = agent_class(engine, train_env, config, env_kwargs=env_kwargs)
     agent_name = agent_class.__name__.lower()
     checkpoint_dir = checkpoint_folder(args, log_dir)
     if (args.resume or args.checkpoint_every) and checkpoint_dir is None:
@@ -285,7 +318,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = held_out_seeds(args.eval_problems)
         evaluator = (
             EvalCallback(
-                seeds, eval_freq=args.eval_every or 10**9, evaluate_at_start=not args.skip_initial_eval
+                seeds,
+                eval_freq=args.eval_every or 10**9,
+                evaluate_at_start=not args.skip_initial_eval,
+                env=args.env,  # the plain env: no PRM scoring in held-out evaluation
             )
             if args.eval_problems
             else None

@@ -129,6 +129,35 @@ def test_train_runs_end_to_end_with_a_tiny_model(tmp_path):
     assert (tmp_path / "agent" / "agent.json").is_file()
 
 
+def test_train_with_a_prm_wraps_only_the_training_env(tmp_path):
+    import csv
+
+    from agents.engines.testing import save_tiny_model
+    from agents.rl.trainer import make_vec_env
+    from experiments.train import main, parse_args, prm_reward_env
+    from wrappers import PRMReward
+
+    model = save_tiny_model(tmp_path / "model", num_layers=1, hidden_size=32)
+    prm = save_tiny_model(tmp_path / "prm", seed=1, num_layers=1, hidden_size=32)
+    flags = ["grpo", "--process-rewards", "--prm", str(prm), "--model", str(model)]
+    flags += ["--env-kwargs", '{"level": 1}']
+    env = prm_reward_env(parse_args(flags), {"level": 1})
+    assert isinstance(make_vec_env(env, 2, {"level": 1}).envs[0], PRMReward)  # rebuilt from the spec
+    with pytest.raises(SystemExit, match="not a saved PRM folder"):
+        prm_reward_env(parse_args([*flags, "--prm", str(tmp_path / "missing")]), {"level": 1})
+
+    log_dir = tmp_path / "run"
+    results = main(
+        [*flags, "--steps", "1", "--prompts-per-update", "1", "--group-size", "2", "--max-new-tokens", "4"]
+        + ["--kl-coef", "0", "--eval-problems", "2", "--skip-initial-eval", "--log-dir", str(log_dir)]
+        + ["--threads", "1", "--verbose", "0", "--autocast", "off"]
+    )
+    rows = list(csv.DictReader((log_dir / "progress.csv").open()))
+    training_reward = float(next(r["rollout/ep_rew_mean"] for r in rows if r.get("rollout/ep_rew_mean")))
+    assert training_reward * 2 != round(training_reward * 2)  # PRM scores in (0, 1) added to 0/1 outcomes
+    assert results["eval"][-1]["accuracy"] in (0.0, 0.5, 1.0)  # held out: the plain env's 0/1 outcome
+
+
 def test_no_experiments_script_hand_writes_argparse():
     root = Path(__file__).resolve().parent.parent / "experiments"
     offenders = [path.name for path in sorted(root.glob("*.py")) if "argparse" in path.read_text()]
