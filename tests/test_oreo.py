@@ -146,6 +146,36 @@ def test_policy_moves_towards_rewarded_trajectories():
     assert metrics["train/kl"] > 0
 
 
+def test_value_init_mean_reward_starts_at_the_pools_mean_reward():
+    zero = toy_agent(value_learning_rate=0.0, learning_rate=0.0)
+    zero.learn(1, data=toy_data())
+    assert torch.all(probe(zero)["value_mean"] == 0.0)
+    agent = toy_agent(value_learning_rate=0.0, learning_rate=0.0, value_init="mean_reward")
+    agent.learn(1, data=toy_data()[:3])  # rewards 1, 0, 1
+    torch.testing.assert_close(probe(agent)["value_mean"], torch.full((3,), 2 / 3))
+    with pytest.raises(ValueError, match="value_init"):
+        toy_agent(value_init="ones")
+
+
+def test_reference_runs_once_per_distinct_trajectory(monkeypatch):
+    agent = toy_agent()
+    agent.add_data(toy_data())
+    original, rows_read = agent.reference_logprobs, []
+    monkeypatch.setattr(
+        agent, "reference_logprobs", lambda rows: rows_read.append(len(rows)) or original(rows)
+    )
+    batch = TrajectoryBatch([agent._tokenized(i) for i in [0, 0, 1, 1]], agent.pad_token_id)
+    reference = agent._reference_logprobs([0, 0, 1, 1], batch)
+    assert rows_read == [2]  # a repeated trajectory is not run twice
+    torch.testing.assert_close(reference[0], reference[1])
+    assert not torch.equal(reference[0], reference[2])
+    again = agent._reference_logprobs(
+        [1, 0], TrajectoryBatch([agent._tokenized(i) for i in [1, 0]], agent.pad_token_id)
+    )
+    assert rows_read == [2]  # cached
+    torch.testing.assert_close(again[0], reference[2])
+
+
 def test_learn_logs_sb3_keys_and_resumes_exactly(tmp_path):
     config = dict(
         log_dir=str(tmp_path / "logs"), log_formats=("csv", "tensorboard"), batch_size=4, micro_batch_size=4
@@ -229,7 +259,8 @@ def test_value_scorer_guides_beam_search():
     env = gym.make("openr/Arithmetic-v0", level=1)
     result = search.solve(env, seed=0)
     assert result["prm_calls"] >= 1 and result["generated_tokens"] > 0
-    assert search.prm.tokens_read > scorer.tokens_read - 1
+    # one scorer's two counters: a prefix cache reads each node's prompt minus its parent's, never more
+    assert 0 < search.prm.new_tokens <= search.prm.tokens_read
 
 
 @pytest.mark.alfworld
@@ -314,7 +345,7 @@ def test_value_scorer_guides_mcts_and_best_of_n():
 
 
 def test_value_model_reads_rows_only_up_to_their_last_state():
-    from agents.rl.oreo_value import response_values
+    from agents.rl.forward import response_scores
 
     agent = toy_agent()
     agent.add_data(toy_data())
@@ -324,9 +355,9 @@ def test_value_model_reads_rows_only_up_to_their_last_state():
     batch = TrajectoryBatch([agent._tokenized(i) for i in range(4)], agent.pad_token_id)
     assert batch.value_rows.response_mask.sum() < batch.rows.response_mask.sum()  # the last step is not read
     with torch.no_grad():
-        full = batch.to_trajectories(response_values(agent.value_lm.backbone, agent.value_head, batch.rows))
+        full = batch.to_trajectories(response_scores(agent.value_lm.backbone, batch.rows, agent.value_head))
         cut = batch.to_trajectories(
-            batch.widen(response_values(agent.value_lm.backbone, agent.value_head, batch.value_rows))
+            batch.widen(response_scores(agent.value_lm.backbone, batch.value_rows, agent.value_head))
         )
     states = batch.state_mask.bool()
     torch.testing.assert_close(cut[states], full[states], atol=1e-5, rtol=1e-5)

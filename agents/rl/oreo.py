@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from agents.rl.forward import policy_forward
+from agents.rl.forward import policy_forward, response_scores
 from agents.rl.losses import full_vocab_kl, oreo_kl, oreo_policy_loss, oreo_value_loss
 from agents.rl.oreo_data import (
     OREOTrajectory,
@@ -37,7 +37,7 @@ from agents.rl.oreo_data import (
     trajectory_from_episode,
     write_records,
 )
-from agents.rl.oreo_value import ValueScorer, response_values
+from agents.rl.oreo_value import ValueScorer
 from agents.rl.rollout import TokenBatch, TokenizedEpisode, make_token_batch
 from agents.rl.trainer import TrainableAgent, TrainConfig, frozen_copy
 
@@ -64,6 +64,11 @@ class OREOConfig(TrainConfig):
     """Policy AdamW learning rate (released scripts: 5e-6)."""
     value_learning_rate: float = 5e-6
     """Value-model AdamW learning rate (released scripts: 5e-6)."""
+    value_init: str = "zero"
+    """Value head at the start of training: ``"zero"`` (V = 0, the paper) or ``"mean_reward"`` (weights 0, bias =
+    the mean reward of the training pool at the first update: the least-squares constant fit of Eq. 8 while the
+    log-ratios are 0, so the updates go into telling states apart instead of into the offset; with few updates
+    at a small value learning rate, a zero head spends them climbing towards the mean reward)."""
     batch_size: int = 16
     """Trajectories per update (drawn from the data with the agent's seeded RNG)."""
     data_files: tuple[str, ...] = ()
@@ -115,6 +120,8 @@ class OREO(TrainableAgent):
             raise ValueError(f"value_model must be 'separate' or 'shared', got {config.value_model!r}")
         if config.kl_estimator not in ("k3", "full"):
             raise ValueError(f"kl_estimator must be 'k3' or 'full', got {config.kl_estimator!r}")
+        if config.value_init not in ("zero", "mean_reward"):
+            raise ValueError(f"value_init must be 'zero' or 'mean_reward', got {config.value_init!r}")
         self.value_lm: CausalLMWithValueHead | None = None
         if config.value_model == "separate":
             backbone = frozen_copy(self.model).train()
@@ -306,7 +313,7 @@ class OREO(TrainableAgent):
             row_values = out.values
         else:  # the value LM reads each row only up to its last state (values after it are never used)
             row_values = batch.widen(
-                response_values(self.value_lm.backbone, self.value_head, batch.value_rows)
+                response_scores(self.value_lm.backbone, batch.value_rows, self.value_head)
             )
         values = batch.to_trajectories(row_values)
         actions, states, rewards = batch.action_mask, batch.state_mask, batch.rewards
@@ -363,9 +370,15 @@ class OREO(TrainableAgent):
         return per_token.sum(-1) / batch.action_mask.sum(-1).clamp(min=1.0)
 
     def _reference_logprobs(self, indices: list[int], batch: TrajectoryBatch) -> torch.Tensor:
-        missing = [i for i in indices if i not in self._reference_cache]
+        """Reference log-probs of ``batch`` (the trajectories ``indices``), each trajectory computed once: from the
+        cache, else in one reference pass over the uncached ones (``batch`` itself when none is cached or repeated)."""
+        missing = list(dict.fromkeys(i for i in indices if i not in self._reference_cache))
         if missing:
-            fresh = TrajectoryBatch([self._tokenized(i) for i in missing], self.pad_token_id)
+            fresh = (
+                batch
+                if missing == list(indices)
+                else TrajectoryBatch([self._tokenized(i) for i in missing], self.pad_token_id)
+            )
             per_traj = fresh.to_trajectories(self.reference_logprobs(fresh.rows))
             for row, index in enumerate(missing):
                 count = fresh.lengths[row]
@@ -379,6 +392,16 @@ class OREO(TrainableAgent):
             for index in indices:
                 self._reference_cache.pop(index, None)
         return out
+
+    @torch.no_grad()
+    def init_value_to_mean_reward(self) -> float:
+        """Set the value head to the constant mean reward of the pool (``value_init="mean_reward"``); returns it."""
+        if not self.pool:
+            raise ValueError("init_value_to_mean_reward needs trajectories in the pool")
+        mean = sum(float(t.reward) for t in self.pool) / len(self.pool)
+        self.value_head.weight.zero_()
+        self.value_head.bias.fill_(mean)
+        return mean
 
     # --- learning loop ------------------------------------------------------------------------------------------
 
@@ -408,6 +431,8 @@ class OREO(TrainableAgent):
                     self.pool, self._tokens, self._reference_cache = [], {}, {}
                 self.pool.extend(new)
                 rollout = dict(self.last_rollout_stats)
+            if self.num_updates == 0 and config.value_init == "mean_reward":
+                self.init_value_to_mean_reward()
             indices = [int(i) for i in self._problem_rng.integers(0, len(self.pool), size=config.batch_size)]
             metrics = self.train_on(indices)
             metrics.update(rollout)

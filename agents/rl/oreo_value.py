@@ -21,20 +21,8 @@ import torch
 
 from agents.engines.logprobs import hidden_states
 from agents.engines.prompting import encode_prompt, render_prompt
-from agents.rl.rollout import TokenBatch
 
-__all__ = ["ValueScorer", "response_values"]
-
-
-def response_values(backbone: Any, head: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """``(B, R)``: ``head`` on ``backbone``'s final hidden state before each response token (0 on padding), the
-    same positions ``policy_forward`` reads its values at."""
-    rows, cols = batch.response_mask.nonzero(as_tuple=True)
-    positions = batch.response_positions[rows, cols]
-    hidden = hidden_states(backbone, batch.input_ids, batch.attention_mask)[:, :-1][rows, positions]
-    values = head(hidden.float()).squeeze(-1).float()
-    shape = batch.response_mask.shape
-    return torch.zeros(shape, dtype=torch.float32, device=hidden.device).index_put((rows, cols), values)
+__all__ = ["ValueScorer"]
 
 
 class ValueScorer:
