@@ -55,6 +55,10 @@ class OREOArithmeticConfig:
     """Policy learning rate of RFT, OREO and GRPO (docs/rl.md's GRPO setting)."""
     value_learning_rate: float = 1e-4
     """OREO's value-model learning rate (its head starts at zero and must move in few updates)."""
+    value_init: str = "mean_reward"
+    """OREO's value head at the start: ``"mean_reward"`` (bias = the training samples' mean reward) or ``"zero"``
+    (the paper; in the 4-update run V climbed only 0 -> 0.23 towards rewards of ~0.55, Adam moving the
+    zero head ~0.06 per update)."""
     beta: float = 0.03
     """OREO's beta (the paper's default)."""
     grpo_prompts: int = 4
@@ -75,6 +79,12 @@ class OREOArithmeticConfig:
     """Torch threads."""
     out: str = "runs/h14/oreo_arithmetic"
     """Output folder (results.json, collected trajectories, logs)."""
+    save_oreo: bool = True
+    """Save each seed's trained OREO agent under ``out/oreo_s<seed>/agent`` (for ``search_from``)."""
+    search_from: str = ""
+    """A saved OREO agent folder: skip part 1 and run only part 2 with it (e.g. in another process)."""
+    calibration_trajectories: int = 64
+    """Training trajectories on which the trained value model's calibration (won vs lost) is measured."""
 
 
 def _engine(config: OREOArithmeticConfig) -> Any:
@@ -107,6 +117,42 @@ def _greedy_accuracy(agent: Any, config: OREOArithmeticConfig) -> dict[str, floa
     return agent.evaluate(held_out_seeds(config.eval_problems), k=1, temperature=0.0, env=ENV_ID)
 
 
+def value_diagnostics(oreo: Any, count: int) -> dict[str, float]:
+    """The trained OREO on its first ``count`` training trajectories, won (R = 1) vs lost (R = 0): V's mean over
+    each trajectory's states, the mean log pi / pi_ref per action token, and the AUC of V's mean for telling won
+    from lost (0.5: no better than chance). In-sample: it says whether V fitted, not whether it generalises."""
+    import torch
+
+    from agents.rl.oreo import TrajectoryBatch
+
+    indices = list(range(min(count, len(oreo.pool))))
+    values, ratios, rewards = [], [], []
+    with torch.no_grad(), oreo.autocast():
+        for start in range(0, len(indices), oreo.config.micro_batch_size):
+            chunk = indices[start : start + oreo.config.micro_batch_size]
+            batch = TrajectoryBatch([oreo._tokenized(i) for i in chunk], oreo.pad_token_id)
+            terms = oreo.objective(batch, oreo._reference_logprobs(chunk, batch))
+            values += terms["value_mean"].tolist()
+            ratios += terms["log_ratio"].tolist()
+            rewards += batch.rewards.tolist()
+    won = [i for i, r in enumerate(rewards) if r > 0]
+    lost = [i for i, r in enumerate(rewards) if r <= 0]
+
+    def mean(xs: list[float], rows: list[int]) -> float:
+        return sum(xs[i] for i in rows) / len(rows) if rows else float("nan")
+
+    pairs = [(values[w] > values[o]) + 0.5 * (values[w] == values[o]) for w in won for o in lost]
+    return {
+        "trajectories": len(indices),
+        "won": len(won),
+        "value_won": mean(values, won),
+        "value_lost": mean(values, lost),
+        "value_auc": sum(pairs) / len(pairs) if pairs else float("nan"),
+        "log_ratio_won": mean(ratios, won),
+        "log_ratio_lost": mean(ratios, lost),
+    }
+
+
 def train_seed(config: OREOArithmeticConfig, seed: int, out: Path) -> tuple[dict[str, Any], Any]:
     """Part 1 for one seed; returns its rows and the trained OREO agent (for part 2)."""
     from agents.rl.grpo import GRPO, GRPOConfig
@@ -125,6 +171,7 @@ def train_seed(config: OREOArithmeticConfig, seed: int, out: Path) -> tuple[dict
             temperature=config.temperature,
             beta=config.beta,
             value_learning_rate=config.value_learning_rate,
+            value_init=config.value_init,
             batch_size=config.batch_size,
             data_path=str(out / f"trajectories_s{seed}.jsonl"),
         ),
@@ -142,6 +189,11 @@ def train_seed(config: OREOArithmeticConfig, seed: int, out: Path) -> tuple[dict
         oreo.learn(config.updates, data=trajectories)
         rows["oreo"] = {**_greedy_accuracy(oreo, config), "train_seconds": time.time() - started}
         print(f"seed {seed}: oreo {rows['oreo']}", flush=True)
+        if config.calibration_trajectories:
+            rows["oreo_value"] = value_diagnostics(oreo, config.calibration_trajectories)
+            print(f"seed {seed}: oreo value on training trajectories {rows['oreo_value']}", flush=True)
+        if config.save_oreo:
+            oreo.save(out / f"oreo_s{seed}" / "agent")
     if "rft" in config.methods:
         started = time.time()
         correct = [SFTExample(t.question, t.steps, t.instruction) for t in trajectories if t.reward > 0]
@@ -246,6 +298,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def save() -> None:
         (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
 
+    if config.search_from:
+        from agents.rl.oreo import OREO
+
+        oreo = OREO.load(config.search_from, _engine(config), ENV_ID, env_kwargs={"level": config.level})
+        report["search_from"] = config.search_from
+        report["search"] = search_comparison(config, oreo)
+        save()
+        print(json.dumps(report["search"], indent=2))
+        return report
     if "sft" in config.methods:
         from agents.rl.sft import SFT, SFTConfig
 
