@@ -65,6 +65,13 @@ class PRMDataConfig:
     """Solutions sampled per problem (N)."""
     rollouts: int = 4
     """Completions per step prefix (K)."""
+    rollout_scope: Literal["all", "mixed"] = "all"
+    """Which problems' step prefixes are rolled out: ``all``, or ``mixed``: only problems whose sampled solutions
+    disagree (some right, some wrong). There the labels carry the within-problem contrast a re-ranking PRM needs; on
+    a unanimous problem every step is labelled by the sampled solutions alone (all right: 1, all wrong: 0)."""
+    sibling_outcomes: bool = False
+    """Also count, for each step prefix, the outcomes of the problem's other sampled solutions that pass through it
+    (they are completions of that prefix by the same policy: free Monte-Carlo rollouts)."""
     max_steps: int = 6
     """Steps kept per solution (longer ones are cut; their last label is then a rollout estimate)."""
     max_new_tokens: int = 160
@@ -205,7 +212,15 @@ def collect(config: PRMDataConfig, engine: Any = None, progress: bool = True) ->
         for name in ("samples", "math_shepherd", "math_aps")
     }
     tokens_before = engine.stats.generated_tokens
-    totals = {"solutions": 0, "correct": 0, "steps": 0, "positive_hard": 0, "soft_sum": 0.0, "solved": 0}
+    totals = {
+        "solutions": 0,
+        "correct": 0,
+        "steps": 0,
+        "positive_hard": 0,
+        "soft_sum": 0.0,
+        "solved": 0,
+        "mixed": 0,
+    }
     prefix_cache: dict[tuple[str, tuple[str, ...]], list[bool]] = {}
     bar = tqdm(total=len(problems), desc="problems", disable=not progress)
     for batch_start in range(0, len(problems), config.problems_per_batch):
@@ -227,9 +242,20 @@ def collect(config: PRMDataConfig, engine: Any = None, progress: bool = True) ->
                 ]
                 correct = judger.judge(delimiter.join(steps), problem.answer)
                 solutions.append((problem, steps, correct, completion.finish_reason))
-        # Monte-Carlo rollouts from every distinct proper prefix of every solution.
+        # Monte-Carlo rollouts from every distinct proper prefix of every solution (of mixed problems only).
+        outcomes_of: dict[str, set[bool]] = {}
+        for problem, _, correct, _ in solutions:
+            outcomes_of.setdefault(problem.id, set()).add(correct)
+        through: dict[
+            tuple[str, tuple[str, ...]], list[bool]
+        ] = {}  # prefix -> outcomes of samples through it
+        for problem, steps, correct, _ in solutions:
+            for k in range(1, len(steps)):
+                through.setdefault((problem.id, tuple(steps[:k])), []).append(correct)
         wanted, queued = [], set()
         for problem, steps, _, _ in solutions:
+            if config.rollout_scope == "mixed" and len(outcomes_of[problem.id]) < 2:
+                continue
             for k in range(1, len(steps)):
                 key = (problem.id, tuple(steps[:k]))
                 if key not in prefix_cache and key not in queued:
@@ -257,7 +283,9 @@ def collect(config: PRMDataConfig, engine: Any = None, progress: bool = True) ->
         for problem, steps, correct, finish_reason in solutions:
             values = []
             for k in range(1, len(steps)):
-                outcomes = prefix_cache.get((problem.id, tuple(steps[:k])), []) + [correct]
+                key = (problem.id, tuple(steps[:k]))
+                samples_through = through[key] if config.sibling_outcomes else [correct]
+                outcomes = prefix_cache.get(key, []) + samples_through
                 values.append(sum(outcomes) / len(outcomes))
             values.append(1.0 if correct else 0.0)
             hard = [v > 0 for v in values]
@@ -284,6 +312,7 @@ def collect(config: PRMDataConfig, engine: Any = None, progress: bool = True) ->
         for problem in batch:
             records = by_problem.get(problem.id, [])
             totals["solved"] += int(any(v[-1] == 1.0 for _, v in records))
+            totals["mixed"] += int(len({v[-1] for _, v in records}) == 2)
             files["math_aps"].write(
                 json.dumps(math_aps_record(problem.question, problem.answer, records, problem.id)) + "\n"
             )
@@ -310,6 +339,7 @@ def collect(config: PRMDataConfig, engine: Any = None, progress: bool = True) ->
         "positive_step_fraction_hard": totals["positive_hard"] / max(1, totals["steps"]),
         "mean_soft_label": totals["soft_sum"] / max(1, totals["steps"]),
         "distinct_prefixes_rolled_out": len(prefix_cache),
+        "mixed_problems": totals["mixed"],
         "generated_tokens": engine.stats.generated_tokens - tokens_before,
         "seconds": time.time() - start,
     }

@@ -34,7 +34,16 @@ import tyro
 from agents.engines.hardware import AutocastSetting, hardware_info
 from agents.engines.hardware import autocast_dtype as hardware_autocast_dtype
 
-__all__ = ["PRMTrainConfig", "binary_auc", "evaluate", "main", "train"]
+__all__ = [
+    "PRMTrainConfig",
+    "binary_auc",
+    "evaluate",
+    "main",
+    "mixed_questions",
+    "pairwise_loss",
+    "train",
+    "within_question_pairs",
+]
 
 
 @dataclass
@@ -74,8 +83,17 @@ class PRMTrainConfig:
     trainable_layers: int = 0
     """Train only the last k transformer layers and the final norm (0: the whole model). The candidate rows of the
     LM head stay as they are; backward then stops k layers down, which is what makes CPU runs fast."""
+    pairwise_weight: float = 0.0
+    """Weight of a within-question pairwise term (0: off): for every (right, wrong) pair of solutions of one question
+    in a batch, ``-log sigmoid(z_right - z_wrong)`` on their last step tags' log-odds of "good" (the Bradley-Terry
+    loss reward models are trained with, Ouyang et al. 2022 eq. 1, with outcomes as the preference). Batches then
+    hold whole questions."""
     max_train_examples: int = 0
     """Cap on training examples (0: all)."""
+    train_questions: Literal["all", "mixed"] = "all"
+    """Train on every question, or only on ``mixed`` ones: questions whose solutions disagree on their outcome
+    (last label). Those carry the within-question contrast that re-ranking needs; on a unanimous question the labels
+    mostly say how hard the question is."""
     eval_at: Literal["epochs", "end", "none"] = "epochs"
     """When to evaluate on the held-out data: ``epochs`` (before training and after each epoch), ``end`` or ``none``."""
     logdir: str = "runs/prm/tb"
@@ -121,8 +139,44 @@ def _split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], 
     return [ex for ex in examples if ex.question not in held], [ex for ex in examples if ex.question in held]
 
 
+def _outcome(example: Any) -> bool | None:
+    """A solution's outcome: its last step's label > 0 (None when the last step is unlabelled)."""
+    last = example.labels[-1] if example.labels else None
+    return None if last is None else last > 0
+
+
+def mixed_questions(examples: Sequence[Any]) -> set[str]:
+    """Questions with at least one right and one wrong solution among ``examples``."""
+    outcomes: dict[str, set[bool]] = {}
+    for ex in examples:
+        if _outcome(ex) is not None:
+            outcomes.setdefault(ex.question, set()).add(bool(_outcome(ex)))
+    return {q for q, seen in outcomes.items() if len(seen) == 2}
+
+
+def within_question_pairs(
+    examples: Sequence[Any], scores: Sequence[Sequence[float]], aggregation: str = "min"
+) -> tuple[float, int]:
+    """Share of (right, wrong) solution pairs of the same question whose aggregated scores are in the right order
+    (ties half), and the number of pairs: how well the PRM re-ranks one question's candidates."""
+    from rewards.prm import aggregate_scores
+
+    by_question: dict[str, list[tuple[float, bool]]] = {}
+    for ex, row in zip(examples, scores):
+        if _outcome(ex) is not None and row:
+            by_question.setdefault(ex.question, []).append((aggregate_scores(row, aggregation), _outcome(ex)))
+    ordered, pairs = 0.0, 0
+    for candidates in by_question.values():
+        for right in (v for v, ok in candidates if ok):
+            for wrong in (v for v, ok in candidates if not ok):
+                pairs += 1
+                ordered += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
+    return (ordered / pairs if pairs else float("nan")), pairs
+
+
 def evaluate(prm: Any, examples: Sequence[Any]) -> dict[str, float]:
-    """Step-level metrics of a PRM on labelled examples: AUC and accuracy vs (label > 0), BCE vs the label."""
+    """Step-level metrics of a PRM on labelled examples: AUC and accuracy vs (label > 0), BCE vs the label; and the
+    within-question pair accuracy of its min-aggregated solution scores (what best-of-N re-ranking needs)."""
     scores = prm.score([ex.question for ex in examples], [ex.steps for ex in examples]) if examples else []
     flat_scores, flat_labels, losses = [], [], []
     for ex, row in zip(examples, scores):
@@ -134,20 +188,47 @@ def evaluate(prm: Any, examples: Sequence[Any]) -> dict[str, float]:
             p = min(max(score, 1e-6), 1 - 1e-6)
             losses.append(-(label * math.log(p) + (1 - label) * math.log(1 - p)))
     n = len(flat_scores)
+    pair_accuracy, pairs = within_question_pairs(examples, scores)
     return {
         "auc": binary_auc(flat_scores, flat_labels),
         "accuracy": sum((s >= 0.5) == y for s, y in zip(flat_scores, flat_labels)) / max(1, n),
         "loss": sum(losses) / max(1, n),
         "positive_fraction": sum(flat_labels) / max(1, n),
         "steps": float(n),
+        "pair_accuracy": pair_accuracy,
+        "pairs": float(pairs),
     }
 
 
-def _batches(encoded: list[tuple[list[int], list[int], list[float]]], batch_size: int, rng: random.Random):
+def _batches(encoded: list[Any], batch_size: int, rng: random.Random, by_question: bool = False):
+    """Shuffled batches; ``by_question``: questions are shuffled and their solutions kept together (so a batch
+    holds the pairs the pairwise term compares)."""
     order = list(range(len(encoded)))
     rng.shuffle(order)
+    if by_question:
+        groups: dict[str, list[int]] = {}
+        for i in order:
+            groups.setdefault(encoded[i][3], []).append(i)
+        order = [i for group in groups.values() for i in group]
     for start in range(0, len(order), batch_size):
         yield [encoded[i] for i in order[start : start + batch_size]]
+
+
+def pairwise_loss(last_log_odds: Any, questions: Sequence[str], outcomes: Sequence[bool | None]) -> Any:
+    """Mean over the (right, wrong) solution pairs of one question of ``-log sigmoid(z_right - z_wrong)``
+    (Bradley-Terry; ``z``: a solution's last-tag log-odds of "good"); 0 when the batch has no such pair."""
+    import torch
+
+    right, wrong = [], []
+    for i, (qi, oi) in enumerate(zip(questions, outcomes)):
+        for j, (qj, oj) in enumerate(zip(questions, outcomes)):
+            if qi == qj and oi is True and oj is False:
+                right.append(i)
+                wrong.append(j)
+    if not right:
+        return last_log_odds.sum() * 0.0
+    margin = last_log_odds[torch.tensor(right)] - last_log_odds[torch.tensor(wrong)]
+    return -torch.nn.functional.logsigmoid(margin).mean()
 
 
 def _select_trainable(model: Any, last_layers: int) -> list[Any]:
@@ -192,6 +273,9 @@ def train(
         eval_examples = _load_examples(config.eval_data, config.data_format)
     else:
         train_examples, eval_examples = _split(train_examples, config.eval_fraction, config.seed)
+    if config.train_questions == "mixed":
+        keep = mixed_questions(train_examples)
+        train_examples = [ex for ex in train_examples if ex.question in keep]
     if config.max_train_examples:
         train_examples = train_examples[: config.max_train_examples]
     if not train_examples:
@@ -204,7 +288,10 @@ def train(
         kept = [(p, lab) for p, lab in zip(positions, ex.labels) if p >= 0 and lab is not None]
         if kept:
             targets = [float(lab) if config.labels == "soft" else float(lab > 0) for _, lab in kept]
-            encoded.append((ids, [p for p, _ in kept], targets))
+            whole = len(kept) == len(
+                ex.labels
+            )  # the final step's tag survived truncation: it carries the outcome
+            encoded.append((ids, [p for p, _ in kept], targets, ex.question, _outcome(ex) if whole else None))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prm = StepTagPRM(model, tokenizer, fmt, batch_size=config.batch_size * 2, max_length=config.max_length)
@@ -222,7 +309,7 @@ def train(
     def log_eval(step: int, epoch: int) -> dict[str, float]:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             metrics = evaluate(prm, eval_examples)
-        for key in ("auc", "accuracy", "loss"):
+        for key in ("auc", "accuracy", "loss", "pair_accuracy"):
             if not math.isnan(metrics[key]):
                 writer.add_scalar(f"eval/{key}", metrics[key], step)
         history.append({"step": step, "epoch": epoch, **metrics})
@@ -236,18 +323,19 @@ def train(
     bar = tqdm(total=total_steps, desc="train PRM", disable=not progress)
     for epoch in range(1, config.epochs + 1):
         model.train()
-        for batch in _batches(encoded, config.batch_size, rng):
+        for batch in _batches(encoded, config.batch_size, rng, by_question=config.pairwise_weight > 0):
             tick = time.time()
-            width = max(len(ids) for ids, _, _ in batch)
+            width = max(len(e[0]) for e in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros_like(input_ids)
-            rows, cols, targets = [], [], []
-            for r, (ids, positions, labels) in enumerate(batch):
+            rows, cols, targets, last_tags = [], [], [], []
+            for r, (ids, positions, labels, _, _) in enumerate(batch):
                 input_ids[r, : len(ids)] = torch.tensor(ids)
                 attention_mask[r, : len(ids)] = 1
                 rows += [r] * len(positions)
                 cols += positions
                 targets += labels
+                last_tags.append(len(rows) - 1)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = candidate_logits(
                     model,
@@ -261,6 +349,13 @@ def train(
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             target = torch.tensor(targets, device=device)
             loss = -(target * log_probs[:, 0] + (1 - target) * log_probs[:, 1]).mean()
+            if (
+                config.pairwise_weight > 0
+            ):  # + within-question Bradley-Terry on the solutions' last-tag log-odds
+                log_odds = (log_probs[:, 0] - log_probs[:, 1])[torch.tensor(last_tags, device=device)]
+                loss = loss + config.pairwise_weight * pairwise_loss(
+                    log_odds, [e[3] for e in batch], [e[4] for e in batch]
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -288,7 +383,7 @@ def train(
     result = {
         "config": asdict(config),
         "train_examples": len(encoded),
-        "train_tags": sum(len(p) for _, p, _ in encoded),
+        "train_tags": sum(len(e[1]) for e in encoded),
         "eval_examples": len(eval_examples),
         "eval_before": before,
         "eval_after": after,

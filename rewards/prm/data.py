@@ -12,6 +12,8 @@ Formats (samples in ``../shared/data``):
   "rating"}], "human_completion", "chosen_completion"}], "finish_reason"}}``; ratings 1 / 0 / -1.
 - MATH-APS (OpenR / OmegaPRM): ``{"question", "final_answer", "question_id", "reasoning_steps":
   [{"solution_prefix": question + partial solution (steps separated by blank lines), "mc_value"}]}``.
+- samples (``experiments/collect_prm_data.py``'s ``samples.jsonl``): ``{"question", "steps", "values", "correct",
+  "problem_id", ...}``; one whole solution with a Monte-Carlo value per step (soft labels on every step).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "read_math_aps",
     "read_math_shepherd",
     "read_prm800k",
+    "read_samples",
 ]
 
 _TAG = "ки"
@@ -195,6 +198,18 @@ def math_aps_record(
     }
 
 
+# ---------------------------------------------------------------- collect_prm_data samples
+def parse_samples(record: dict[str, Any]) -> StepExample:
+    """One sampled solution of ``experiments/collect_prm_data.py`` (``samples.jsonl``): its steps with their
+    Monte-Carlo values (soft labels; hard = value > 0); the last value is the solution's own outcome."""
+    meta = {"question_id": record.get("problem_id"), "correct": record.get("correct")}
+    return StepExample(record["question"], list(record["steps"]), [float(v) for v in record["values"]], meta)
+
+
+def read_samples(path: str | os.PathLike[str]) -> list[StepExample]:
+    return [parse_samples(r) for r in _jsonl(path)]
+
+
 # ---------------------------------------------------------------- any
 def detect_format(path: str | os.PathLike[str]) -> str:
     """``math-shepherd``, ``prm800k`` or ``math-aps``, from the keys of the first record."""
@@ -203,6 +218,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             return "math-shepherd"
         if "reasoning_steps" in record:
             return "math-aps"
+        if "steps" in record and "values" in record:
+            return "samples"
         if isinstance(record.get("label"), dict) and "steps" in record["label"]:
             return "prm800k"
         raise ValueError(f"{path}: unknown process-supervision format (keys {sorted(record)})")
@@ -210,9 +227,15 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def read_examples(path: str | os.PathLike[str], fmt: str = "auto") -> list[StepExample]:
-    """Read any supported file (``fmt`` = ``auto`` | ``math-shepherd`` | ``prm800k`` | ``math-aps``)."""
+    """Read any supported file (``fmt`` = ``auto`` | ``math-shepherd`` | ``prm800k`` | ``math-aps`` |
+    ``samples``)."""
     fmt = detect_format(path) if fmt == "auto" else fmt
-    readers = {"math-shepherd": read_math_shepherd, "prm800k": read_prm800k, "math-aps": read_math_aps}
+    readers = {
+        "math-shepherd": read_math_shepherd,
+        "prm800k": read_prm800k,
+        "math-aps": read_math_aps,
+        "samples": read_samples,
+    }
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; choose from {sorted(readers)}")
     return readers[fmt](path)
