@@ -259,6 +259,41 @@ class ValueChooser:
         self.values_read += len(encoded)
         return [float(v) for v in self.head(last.float()).squeeze(-1)]
 
+    @torch.no_grad()
+    def state_values(self, chat: GameChat) -> list[float]:
+        """V at every state of a played game (before each of its commands): one pass over the game's last prompt,
+        read at the last token of each earlier prompt (those are its prefixes); separate passes if one is not."""
+        from agents.engines.logprobs import hidden_states
+
+        prompts = [
+            GameChat(
+                chat.opening,
+                chat.opening_admissible,
+                chat.show_admissible,
+                chat.commands[:t],
+                chat.replies[:t],
+                chat.admissible[:t],
+            ).prompt()
+            for t in range(len(chat.commands))
+        ]
+        if not prompts:
+            return []
+        encoded = [encode_prompt(self.tokenizer, render_prompt(self.tokenizer, p)) for p in prompts]
+        full = encoded[-1]
+        if any(full[: len(ids)] != ids for ids in encoded):
+            return self.values(prompts)
+        device = next(self.backbone.parameters()).device
+        input_ids = torch.tensor([full], dtype=torch.long, device=device)
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            hidden = hidden_states(self.backbone, input_ids, torch.ones_like(input_ids))[0]
+        finally:
+            self.backbone.train(was_training)
+        positions = torch.tensor([len(ids) - 1 for ids in encoded], device=device)
+        self.values_read += len(prompts)
+        return [float(v) for v in self.head(hidden[positions].float()).squeeze(-1)]
+
     def __call__(self, chats: list[GameChat], envs: list[Any], candidates: list[list[str]]) -> list[int]:
         picks = []
         for chat, env, commands in zip(chats, envs, candidates):

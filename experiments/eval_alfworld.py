@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -144,6 +144,65 @@ def summarize(chats: list[Any]) -> dict[str, Any]:
     return {name: row(games) for name, games in sorted(groups.items())}
 
 
+MILESTONES = (
+    ("placed", ("You move ",)),
+    ("heated / cooled / cleaned / lamp on", ("You heat ", "You cool ", "You clean ", "You turn on ")),
+    ("picked up", ("You pick up ",)),
+    ("moved around", ("You arrive at ", "You open ", "You close ")),
+)
+"""Progress marks read from the game's replies, furthest first (ALFWorld's own wording)."""
+
+
+def failure_stage(chat: Any) -> str:
+    """How far a game got: the furthest milestone in its replies (``none``: no command did anything)."""
+    for name, prefixes in MILESTONES:
+        if any(reply.startswith(prefixes) for reply in chat.replies):
+            return name
+    return "none"
+
+
+def failures(chats: list[Any]) -> dict[str, Any]:
+    """Where lost games stopped (furthest milestone) and how many ended in a loop (<= 2 distinct commands in
+    their last 6)."""
+    lost = [c for c in chats if not c.won]
+    stages = Counter(failure_stage(c) for c in lost)
+    looped = sum(len(c.commands) >= 6 and len(set(c.commands[-6:])) <= 2 for c in lost)
+    return {"lost": len(lost), "furthest_milestone": dict(stages), "ended_in_loop": looped}
+
+
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """P(a positive scores above a negative), ties half (None without both)."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def calibration(chooser: Any, chats: list[Any]) -> dict[str, Any]:
+    """The value model on played games, won vs lost: mean V over their states, at the first and the last state,
+    and the AUC of the per-game mean V for telling won games from lost ones."""
+    per_game = [(chat.won, chooser.state_values(chat)) for chat in chats if chat.commands]
+
+    def stats(values: list[list[float]]) -> dict[str, float | None]:
+        def mean(xs: list[float]) -> float | None:
+            return sum(xs) / len(xs) if xs else None
+
+        return {
+            "games": len(values),
+            "mean_v": mean([mean(v) for v in values]),
+            "first_v": mean([v[0] for v in values]),
+            "last_v": mean([v[-1] for v in values]),
+        }
+
+    won = [v for w, v in per_game if w]
+    lost = [v for w, v in per_game if not w]
+    return {
+        "won": stats(won),
+        "lost": stats(lost),
+        "auc_mean_v": auc([sum(v) / len(v) for v in won], [sum(v) / len(v) for v in lost]),
+    }
+
+
 def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
     import torch
 
@@ -183,16 +242,17 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
         "hardware": hardware_info(model_dtype=next(model.parameters()).dtype, autocast=None, device="cpu"),
         "modes": {},
     }
+    if "value" in config.modes and not config.value:
+        raise SystemExit("--modes value needs --value (a saved OREO agent folder)")
+    value_chooser = None
+    if config.value:
+        backbone, head = load_value(config.value, model)
+        scratch = make_env(config.show_admissible_commands, config.max_steps, config.cache_dir, **env_kwargs)
+        value_chooser = ValueChooser(backbone, head, tokenizer, scratch)
     for mode in config.modes:
         chooser, settings = None, {"temperature": 0.0, "num_candidates": 1}
         if mode == "value":
-            if not config.value:
-                raise SystemExit("--modes value needs --value (a saved OREO agent folder)")
-            backbone, head = load_value(config.value, model)
-            scratch = make_env(
-                config.show_admissible_commands, config.max_steps, config.cache_dir, **env_kwargs
-            )
-            chooser = ValueChooser(backbone, head, tokenizer, scratch)
+            chooser = value_chooser
             settings = {"temperature": config.temperature, "num_candidates": config.num_candidates}
         elif mode == "sampled":
             settings = {"temperature": config.temperature, "num_candidates": 1}
@@ -226,7 +286,10 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
             "seconds": {k: v for k, v in timings.items() if k != "env_steps"},
             "env_steps": timings["env_steps"],
             "settings": settings,
+            "failures": failures(chats),
         }
+        if value_chooser is not None:
+            results["modes"][mode]["value_calibration"] = calibration(value_chooser, chats)
     for env in envs:
         env.close()
     write_outputs(out, results)
@@ -244,6 +307,19 @@ def table(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {results['label']} | {mode} | {task} | {row['games']} | {100 * row['success']:.1f}% | "
                 f"{row['mean_steps']:.1f} | {100 * row['invalid_rate']:.0f}% |"
+            )
+    for mode, block in results["modes"].items():
+        lost = block.get("failures")
+        if lost:
+            lines.append(
+                f"\n{mode}: lost {lost['lost']}, furthest milestone {lost['furthest_milestone']}, "
+                f"ended in a loop {lost['ended_in_loop']}"
+            )
+        values = block.get("value_calibration")
+        if values:
+            lines.append(
+                f"{mode}: value on won games {values['won']}, on lost games {values['lost']}, "
+                f"AUC(mean V) {values['auc_mean_v']}"
             )
     return "\n".join(lines)
 

@@ -249,3 +249,63 @@ def test_value_chooser_plays_the_highest_value_and_a_winning_command(tiny):
     finally:
         env.close()
         scratch.close()
+
+
+def test_state_values_one_pass_equals_a_pass_per_state(tiny):
+    """V at every state of a played game read from one pass over its last prompt equals reading each state's
+    prompt on its own (the earlier prompts are token prefixes of the last one)."""
+    import torch
+
+    from agents.game_chat import ChatGameAdapter, ValueChooser
+    from experiments.collect_alfworld_experts import make_env
+
+    env = make_env(False, 50)
+    try:
+        observation, info = env.reset(options={"problem_id": "gen-train-000001"})
+        chat = ChatGameAdapter.from_env(env).start(observation, info)
+        for command in env.unwrapped.expert_plan()[:3] + ["jump"]:
+            _, _, _, _, info = env.step(command)
+            chat.add(command, info["feedback"], info["admissible_commands"], None)
+        torch.manual_seed(0)
+        head = torch.nn.Linear(tiny[0].config.hidden_size, 1)
+        chooser = ValueChooser(tiny[0], head, tiny[1], None)
+        one_pass = chooser.state_values(chat)
+        prompts = []
+        for t in range(len(chat.commands)):
+            prefix = ChatGameAdapter().start(chat.opening, {})
+            for command, reply in zip(chat.commands[:t], chat.replies[:t]):
+                prefix.add(command, reply, [], None)
+            prompts.append(prefix.prompt())
+        assert len(one_pass) == 4
+        assert one_pass == pytest.approx(chooser.values(prompts), abs=1e-4)
+    finally:
+        env.close()
+
+
+def test_failure_stage_and_auc_known_answers():
+    from agents.game_chat import GameChat
+    from experiments.eval_alfworld import auc, failure_stage, failures
+
+    def game(replies, won=False, commands=None):
+        chat = GameChat("task")
+        for i, reply in enumerate(replies):
+            chat.add((commands or [f"c{i}" for i in range(len(replies))])[i], reply, [], None)
+        chat.won = won
+        return chat
+
+    assert failure_stage(game(["Nothing happens."])) == "none"
+    assert failure_stage(game(["You arrive at drawer 1.", "Nothing happens."])) == "moved around"
+    assert (
+        failure_stage(game(["You pick up the fork 2 from the drawer 1.", "You arrive at x 1."]))
+        == "picked up"
+    )
+    assert (
+        failure_stage(game(["You clean the fork 2 using the sinkbasin 1."]))
+        == "heated / cooled / cleaned / lamp on"
+    )
+    assert failure_stage(game(["You move the fork 2 to the diningtable 1."])) == "placed"
+    loop = game(["Nothing happens."] * 6, commands=["look", "inventory"] * 3)
+    summary = failures([loop, game(["You arrive at drawer 1."], won=True)])
+    assert summary == {"lost": 1, "furthest_milestone": {"none": 1}, "ended_in_loop": 1}
+    assert auc([0.9, 0.5], [0.1, 0.5]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    assert auc([0.3], []) is None
