@@ -20,5 +20,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "rl.ppo": ["PPO"],
         "rl.sft": ["SFT"],
         "rl.oreo": ["OREO"],
+        "slot_policy": ["SlotScorerPolicy", "SlotQPolicy"],
     },
 )

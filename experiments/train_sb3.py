@@ -1,7 +1,10 @@
 """Train a Stable-Baselines3 step selector on the candidate-choice view and compare it with hand-written rules.
 
-The selector (PPO, DQN or A2C with SB3's ``MlpPolicy``) learns on the training problems; then every selector plays
-one episode per held-out problem over the same candidates:
+The selector (PPO, DQN or A2C; ``--policy slot``: one shared scorer per candidate slot from ``agents.slot_policy``,
+``--policy mlp``: SB3's ``MlpPolicy`` over the flat vector) learns on the training problems, minus a validation split
+of them: every ``eval_every`` steps the deterministic selector plays the validation problems and the best checkpoint is
+kept (early stopping), so the number of training steps is chosen without looking at the held-out problems. Then every
+selector plays one episode per held-out problem over the same candidates:
 
 - ``learned``: the SB3 policy, deterministic;
 - ``random``: a uniformly random real candidate (averaged over ``random_episodes`` episodes per problem);
@@ -11,11 +14,13 @@ one episode per held-out problem over the same candidates:
 - ``prm``: the highest scorer score (only when the cache holds scores);
 - ``majority_vote``: ``agents.search.selection.majority_vote`` over the K samples' results (final answer, else the
   last number), duplicates counted as votes;
-- ``goal_overlap`` (ALFWorld): the candidate sharing most words with the goal among those not taken before.
+- ``goal_overlap`` (ALFWorld): the candidate sharing most words with the goal among those not taken before;
+- ``explore`` (ALFWorld): a random command among those neither taken before nor going to a visited place;
+- ``goal_explore`` (ALFWorld): the same fresh commands, most goal words first, ties broken at random.
 
 Arithmetic reads two caches written by ``experiments/collect_candidates.py`` (training and held-out problems);
-ALFWorld plays generated games, admissible commands as candidates, without an engine (train split for training,
-``valid_unseen`` for held-out). Writes ``<out_dir>/<task>_<algo>.json`` and ``<out_dir>/<task>.png`` (every algo
+ALFWorld plays generated games of several task types, admissible commands as candidates, without an engine (train split
+for training, ``valid_unseen`` for held-out), 50 steps an episode (ALFWorld's usual limit). Writes ``<out_dir>/<task>_<algo>.json`` and ``<out_dir>/<task>.png`` (every algo
 whose JSON is in ``out_dir``), and prints a table.
 
 Example::
@@ -26,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +51,8 @@ class TrainSB3Config:
 
     algo: Literal["ppo", "dqn", "a2c"] = "ppo"
     """SB3 algorithm."""
+    policy: Literal["slot", "mlp"] = "slot"
+    """``slot``: one MLP shared by all candidate slots (``agents.slot_policy``); ``mlp``: SB3's ``MlpPolicy``."""
     task: Literal["arithmetic", "alfworld"] = "arithmetic"
     """Arithmetic (from candidate caches) or ALFWorld (generated games, admissible commands)."""
     train_cache: str = "runs/sb3/arith_l2_train.jsonl"
@@ -55,23 +63,31 @@ class TrainSB3Config:
     """ALFWorld: generated training games (split "train")."""
     alfworld_test_games: int = 12
     """ALFWorld: generated held-out games (split "valid_unseen")."""
-    alfworld_task_types: tuple[str, ...] = ("pick_and_place_simple",)
-    """ALFWorld task types."""
-    alfworld_max_steps: int = 20
-    """ALFWorld episode step limit."""
-    alfworld_k: int = 48
+    alfworld_task_types: tuple[str, ...] = (
+        "pick_and_place_simple",
+        "look_at_obj_in_light",
+        "pick_clean_then_place_in_recep",
+    )
+    """ALFWorld task types (the generator cycles through them by seed)."""
+    alfworld_max_steps: int = 50
+    """ALFWorld episode step limit (50, as ALFWorld's own evaluations)."""
+    alfworld_k: int = 64
     """ALFWorld candidate slots (admissible commands beyond it are dropped)."""
     seeds: tuple[int, ...] = (0, 1)
     """Training seeds (each trains and evaluates one selector)."""
     total_timesteps: int = 10_000
-    """Env steps of training per seed."""
+    """Env steps of training per seed (the most; the validation split picks the checkpoint)."""
+    validation_fraction: float = 0.25
+    """Share of the training problems held back to pick the checkpoint (early stopping); 0 keeps the last model."""
+    eval_every: int = 1_000
+    """Env steps between two validation evaluations."""
     n_envs: int = 4
     """Parallel envs of SB3's vector env."""
     vec_env: Literal["dummy", "subproc"] = "dummy"
     """``DummyVecEnv`` (one process) or ``SubprocVecEnv`` (one process per env)."""
     random_episodes: int = 10
     """Episodes per held-out problem for the random baseline."""
-    train_eval_problems: int = 64
+    train_eval_problems: int = 96
     """The learned selector is also evaluated on (at most) this many training problems, to show over-fitting."""
     ppo_n_steps: int = 256
     """PPO: steps per env per update (one update = ``ppo_n_steps * n_envs`` steps, 10 epochs of minibatches of 256)."""
@@ -189,6 +205,31 @@ def _majority_vote(features: np.ndarray, env: Any, rng: np.random.Generator) -> 
     return owners[majority_vote(answers)] if answers else 0
 
 
+def _fresh(features: np.ndarray) -> list[int]:
+    """Real slots whose command was not taken before and does not go back to a visited place (all if none)."""
+    from wrappers.candidate_choice import FEATURES
+
+    valid = _valid_slots(features)
+    stale = features[:, FEATURES.index("repeat")] + features[:, FEATURES.index("revisit")]
+    return [int(s) for s in valid if stale[s] == 0] or [int(s) for s in valid]
+
+
+def _explore(features: np.ndarray, env: Any, rng: np.random.Generator) -> int:
+    fresh = _fresh(features)
+    return int(rng.choice(fresh)) if fresh else 0
+
+
+def _goal_explore(features: np.ndarray, env: Any, rng: np.random.Generator) -> int:
+    from wrappers.candidate_choice import FEATURES
+
+    fresh = _fresh(features)
+    if not fresh:
+        return 0
+    overlap = features[fresh, FEATURES.index("goal_overlap")]
+    best = [s for s, value in zip(fresh, overlap) if value == overlap.max()]
+    return int(rng.choice(best))
+
+
 def _goal_overlap(features: np.ndarray, env: Any, rng: np.random.Generator) -> int:
     from wrappers.candidate_choice import FEATURES
 
@@ -205,12 +246,16 @@ HAND_RULES: dict[str, Callable[[np.ndarray, Any, np.random.Generator], int]] = {
     "prm": _argmax_feature("score"),
     "majority_vote": _majority_vote,
     "goal_overlap": _goal_overlap,
+    "explore": _explore,
+    "goal_explore": _goal_explore,
 }
+RANDOMISED_RULES = ("random", "explore", "goal_explore")
+"""Rules that draw at random: evaluated over ``random_episodes`` episodes per problem."""
 
 
 def rules_for(task: str, meta: dict[str, Any]) -> list[str]:
     if task == "alfworld":  # no engine: no log-probs, no samples to vote, no scorer
-        return ["random", "most_sampled", "goal_overlap"]
+        return ["random", "most_sampled", "goal_overlap", "explore", "goal_explore"]
     rules = ["random", "most_sampled", "likelihood", "majority_vote"]
     return rules + (["prm"] if meta.get("scorer") else [])
 
@@ -272,10 +317,16 @@ def make_model(config: TrainSB3Config, env: Any, seed: int, log_dir: Path) -> An
     from stable_baselines3.common.logger import configure
 
     common = {"seed": seed, "verbose": 0, "device": "cpu", "gamma": 0.99}
+    if config.policy == "slot":
+        from agents.slot_policy import SlotQPolicy, SlotScorerPolicy
+
+        policy: Any = SlotQPolicy if config.algo == "dqn" else SlotScorerPolicy
+    else:
+        policy = "MlpPolicy"
     if config.algo == "ppo":
         batch = min(256, config.ppo_n_steps * config.n_envs)
         model = PPO(
-            "MlpPolicy",
+            policy,
             env,
             n_steps=config.ppo_n_steps,
             batch_size=batch,
@@ -284,10 +335,10 @@ def make_model(config: TrainSB3Config, env: Any, seed: int, log_dir: Path) -> An
             **common,
         )
     elif config.algo == "a2c":
-        model = A2C("MlpPolicy", env, n_steps=8, ent_coef=0.01, **common)
+        model = A2C(policy, env, n_steps=8, ent_coef=0.01, **common)
     else:
         model = DQN(
-            "MlpPolicy",
+            policy,
             env,
             learning_starts=500,
             buffer_size=config.total_timesteps,
@@ -315,6 +366,65 @@ def vector_env(config: TrainSB3Config, make: Callable[[], Any], problem_ids: Seq
     return env
 
 
+def validation_split(problem_ids: Sequence[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(fit, validation): a fixed shuffle of the training problems (seed 0), the same for every algo and seed."""
+    ids = list(problem_ids)
+    count = int(round(fraction * len(ids)))
+    if fraction <= 0 or count == 0:
+        return ids, []
+    if count >= len(ids):
+        raise ValueError(f"validation_fraction {fraction} leaves no training problem of {len(ids)}")
+    order = np.random.default_rng(0).permutation(len(ids))
+    validation = [ids[i] for i in sorted(order[:count])]
+    return [i for i in ids if i not in set(validation)], validation
+
+
+def _selector(model: Any) -> Callable[[np.ndarray, Any, np.random.Generator], int]:
+    def learned(features: np.ndarray, env: Any, rng: np.random.Generator) -> int:
+        action, _ = model.predict(features.ravel(), deterministic=True)
+        return int(action)
+
+    return learned
+
+
+def make_validation_callback(model_env: Any, problem_ids: Sequence[str], every: int) -> Any:
+    """An SB3 callback: every ``every`` env steps (and at the end) the deterministic selector plays the validation
+    problems; the weights with the best success (then return; the earliest on ties) are kept and restored."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class ValidationCheckpoint(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.curve: list[dict[str, float]] = []
+            self.best: tuple[float, float] | None = None
+            self.best_steps = 0
+            self.best_state: dict[str, Any] | None = None
+            self._next = every
+
+        def _validate(self) -> None:
+            result = evaluate_selector(model_env, problem_ids, _selector(self.model))
+            self.curve.append({"steps": self.num_timesteps, **result})
+            self.logger.record("eval/validation_success", result["success"])
+            rank = (result["success"], result["return"])
+            if self.best is None or rank > self.best:
+                self.best, self.best_steps = rank, self.num_timesteps
+                self.best_state = copy.deepcopy(self.model.policy.state_dict())
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self._next:
+                self._next += every
+                self._validate()
+            return True
+
+        def _on_training_end(self) -> None:
+            if not self.curve or self.curve[-1]["steps"] != self.num_timesteps:
+                self._validate()
+            if self.best_state is not None:
+                self.model.policy.load_state_dict(self.best_state)
+
+    return ValidationCheckpoint()
+
+
 def train_and_evaluate(
     config: TrainSB3Config,
     make_train: Callable[[], Any],
@@ -328,14 +438,20 @@ def train_and_evaluate(
     out = Path(config.out_dir)
     test_env = make_test()
     test_env.problem_ids = list(test_ids)
-    results: dict[str, Any] = {"rules": {}, "rules_on_training_problems": {}, "learned": []}
+    fit_ids, validation_ids = validation_split(train_ids, config.validation_fraction)
+    results: dict[str, Any] = {
+        "rules": {},
+        "rules_on_training_problems": {},
+        "learned": [],
+        "fit_problems": fit_ids,
+        "validation_problems": validation_ids,
+    }
     train_env = make_train_env(make_train, train_ids)
+    train_eval_ids = list(train_ids)[: config.train_eval_problems]
     for rule in rules_for(config.task, meta):
-        episodes = config.random_episodes if rule == "random" else 1
+        episodes = config.random_episodes if rule in RANDOMISED_RULES else 1
         results["rules"][rule] = evaluate_selector(test_env, test_ids, HAND_RULES[rule], episodes)
-        on_train = evaluate_selector(
-            train_env, train_ids[: config.train_eval_problems], HAND_RULES[rule], episodes
-        )
+        on_train = evaluate_selector(train_env, train_eval_ids, HAND_RULES[rule], episodes)
         results["rules_on_training_problems"][rule] = on_train
         print(
             f"  {rule:>14}: held-out success {results['rules'][rule]['success']:.3f}, "
@@ -343,34 +459,42 @@ def train_and_evaluate(
         )
     for seed in config.seeds:
         torch.manual_seed(seed)
-        log_dir = out / f"{config.task}_{config.algo}_s{seed}"
-        env = vector_env(config, make_train, train_ids, seed)
+        log_dir = out / f"{config.task}_{run_name(config)}_s{seed}"
+        env = vector_env(config, make_train, fit_ids, seed)
         model = make_model(config, env, seed, log_dir)
+        callback = None
+        if validation_ids:
+            callback = make_validation_callback(train_env, validation_ids, config.eval_every)
         started = time.perf_counter()
-        model.learn(total_timesteps=config.total_timesteps)
+        model.learn(total_timesteps=config.total_timesteps, callback=callback)
         seconds = time.perf_counter() - started
         env.close()
         model.save(str(log_dir / "model"))
-
-        def learned(features: np.ndarray, env: Any, rng: np.random.Generator, model: Any = model) -> int:
-            action, _ = model.predict(features.ravel(), deterministic=True)
-            return int(action)
-
+        learned = _selector(model)
         row = {
             "seed": seed,
             "train_seconds": seconds,
             "train_fps": config.total_timesteps / seconds,
+            "chosen_steps": callback.best_steps if callback else config.total_timesteps,
+            "validation_curve": callback.curve if callback else [],
             "held_out": evaluate_selector(test_env, test_ids, learned),
-            "train_problems": evaluate_selector(train_env, train_ids[: config.train_eval_problems], learned),
+            "train_problems": evaluate_selector(train_env, train_eval_ids, learned),
         }
         results["learned"].append(row)
         print(
             f"  {config.algo} seed {seed}: held-out success {row['held_out']['success']:.3f}, "
-            f"training problems {row['train_problems']['success']:.3f}, {row['train_fps']:.0f} steps/s"
+            f"training problems {row['train_problems']['success']:.3f}, checkpoint at {row['chosen_steps']} "
+            f"steps (validation {max((p['success'] for p in row['validation_curve']), default=float('nan')):.3f}), "
+            f"{row['train_fps']:.0f} steps/s"
         )
     test_env.close()
     train_env.close()
     return results
+
+
+def run_name(config: TrainSB3Config) -> str:
+    """``ppo`` for the slot-scorer policy, ``ppo-mlp`` for SB3's MlpPolicy (file and plot names)."""
+    return config.algo if config.policy == "slot" else f"{config.algo}-mlp"
 
 
 def make_train_env(make: Callable[[], Any], problem_ids: Sequence[str]) -> Any:
@@ -421,6 +545,43 @@ def plot(out_dir: Path, task: str) -> Path:
     return path
 
 
+def plot_validation(out_dir: Path, task: str) -> Path | None:
+    """Validation success against training steps, one line per algo and seed (the early-stopping curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {
+        p.stem.split("_", 1)[1]: json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{task}_*.json"))
+    }
+    curves = [
+        (name, row)
+        for name, run in runs.items()
+        for row in run["results"]["learned"]
+        if row.get("validation_curve")
+    ]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = dict(zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    for name, row in curves:
+        steps = [point["steps"] for point in row["validation_curve"]]
+        success = [point["success"] for point in row["validation_curve"]]
+        style = "-" if row["seed"] == 0 else "--"
+        ax.plot(steps, success, style, color=colors[name], label=f"{name} s{row['seed']}")
+        ax.scatter([row["chosen_steps"]], [max(success)], color=colors[name], zorder=3, s=18)
+    ax.set_xlabel("training env steps")
+    ax.set_ylabel("validation success (training-problem split)")
+    ax.set_title(f"{task}: validation curves (dots: kept checkpoint)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = out_dir / f"{task}_validation.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(config: TrainSB3Config) -> dict[str, Any]:
     import torch
 
@@ -461,9 +622,9 @@ def main(config: TrainSB3Config) -> dict[str, Any]:
         "test_problems": list(test_ids),
         "results": results,
     }
-    path = out / f"{config.task}_{config.algo}.json"
+    path = out / f"{config.task}_{run_name(config)}.json"
     path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path} and {plot(out, config.task)}")
+    print(f"wrote {path}, {plot(out, config.task)} and {plot_validation(out, config.task)}")
     return report
 
 

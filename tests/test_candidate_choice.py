@@ -155,6 +155,51 @@ def test_repeat_and_goal_overlap_features():
     assert features[2].sum() == 0
 
 
+def test_text_game_command_features():
+    candidates = [
+        Candidate("go to fridge 1"),
+        Candidate("go to cabinet 2"),
+        Candidate("take apple 1 from countertop 1"),
+        Candidate("move apple 1 to fridge 1"),
+        Candidate("heat apple 1 with microwave 1"),
+        Candidate("examine fridge 1"),
+        Candidate("open fridge 1"),
+    ]
+    steps = ["go to countertop 1", "go to fridge 1", "look"]
+    features = candidate_features(candidates, k=8, max_new_tokens=8, steps=steps, text_game=True)
+    np.testing.assert_allclose(features[:7, COL["revisit"]], [1, 0, 0, 0, 0, 0, 0])
+    verbs = ["verb_go", "verb_take", "verb_move", "verb_open_close", "verb_transform", "verb_inspect"]
+    one_hot = features[:7][:, [COL[v] for v in verbs]]
+    np.testing.assert_allclose(one_hot.argmax(axis=1), [0, 0, 1, 2, 4, 5, 3])
+    np.testing.assert_allclose(one_hot.sum(axis=1), 1)
+    # Math steps never get command features, even when a step starts with a verb.
+    math = candidate_features([Candidate("take 3 + 4 = 7")], k=2, max_new_tokens=8, steps=["take 1"])
+    assert math[0, [COL[v] for v in [*verbs, "revisit"]]].sum() == 0
+
+
+def test_exploring_rules_skip_taken_commands_and_visited_places():
+    from experiments.train_sb3 import HAND_RULES
+
+    candidates = [
+        Candidate("go to fridge 1"),  # revisit
+        Candidate("look"),  # repeat
+        Candidate("go to sinkbasin 1"),  # fresh
+        Candidate("take apple 1 from countertop 1"),  # fresh, one goal word
+    ]
+    features = candidate_features(
+        candidates,
+        k=6,
+        max_new_tokens=8,
+        question="put a clean apple in fridge",
+        steps=["go to fridge 1", "look"],
+        text_game=True,
+    )
+    rng = np.random.default_rng(0)
+    explored = {HAND_RULES["explore"](features, None, rng) for _ in range(40)}
+    assert explored == {2, 3}
+    assert {HAND_RULES["goal_explore"](features, None, rng) for _ in range(10)} == {3}
+
+
 def test_env_checkers_with_a_real_tiny_engine():
     from gymnasium.utils.env_checker import check_env as gym_check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -284,4 +329,70 @@ def test_admissible_commands_without_engine():
     observation, reward, terminated, truncated, info = env.step(slot)
     assert info["choice"] == "look" and not info["invalid"]
     assert feature_matrix(observation)[info["candidates"].index("look"), COL["repeat"]] == 1.0
+    first, second = [c for c in info["candidates"] if c.startswith("go to ")][:2]
+    observation, *_, info = env.step(info["candidates"].index(first))
+    observation, *_, info = env.step(info["candidates"].index(second))
+    features = feature_matrix(observation)
+    assert features[info["candidates"].index(first), COL["revisit"]] == 1.0  # back to a place already seen
+    assert features[info["candidates"].index(first), COL["verb_go"]] == 1.0
+    assert features[:, COL["revisit"]].sum() == 1.0
     env.close()
+
+
+def test_slot_scorer_is_permutation_equivariant_and_masks_padding():
+    import torch
+    from gymnasium import spaces
+
+    from agents.slot_policy import SlotQPolicy, SlotScorerPolicy
+
+    k, width = 4, len(FEATURES)
+    observation_space = spaces.Box(-20.0, 1.0, (k * width,), np.float32)
+    observations = torch.rand(3, k, width)
+    observations[..., COL["valid"]] = 1.0
+    observations[0, 3] = 0.0  # a padding slot
+    flat = observations.reshape(3, -1)
+    permuted = observations[:, [2, 0, 1, 3]].reshape(3, -1)
+    policy = SlotScorerPolicy(observation_space, spaces.Discrete(k), lambda _: 3e-4)
+    probs = policy.get_distribution(flat).distribution.probs
+    assert probs[0, 3] == 0.0 and torch.allclose(probs.sum(-1), torch.ones(3))
+    torch.testing.assert_close(policy.get_distribution(permuted).distribution.probs, probs[:, [2, 0, 1, 3]])
+    torch.testing.assert_close(policy.predict_values(permuted), policy.predict_values(flat))
+    q_net = SlotQPolicy(observation_space, spaces.Discrete(k), lambda _: 3e-4).q_net
+    q_values = q_net(flat)
+    assert q_values[0, 3] < -1e7 and torch.all(q_values[:, :3] > -1e7)
+    torch.testing.assert_close(q_net(permuted), q_values[:, [2, 0, 1, 3]])
+    # The all-zero observation after an episode's end: finite values to bootstrap from.
+    assert torch.equal(q_net(torch.zeros(1, k * width)), torch.zeros(1, k))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_slot_policies_learn_and_early_stopping_keeps_the_best_checkpoint(algo, tmp_path):
+    from stable_baselines3 import DQN, PPO
+
+    from agents.slot_policy import SlotQPolicy, SlotScorerPolicy
+    from experiments.train_sb3 import _selector, evaluate_selector, make_validation_callback, validation_split
+
+    train_ids, test_ids = [f"L2-{i}" for i in range(16)], [f"L2-{i}" for i in range(100, 108)]
+    fit_ids, validation_ids = validation_split(train_ids, 0.25)
+    assert len(validation_ids) == 4 and set(fit_ids) | set(validation_ids) == set(train_ids)
+    assert validation_split(train_ids, 0.25) == (fit_ids, validation_ids)  # the same split every run
+    cache = hand_made_cache(train_ids + test_ids)
+    env = CandidateChoice.from_cache(arithmetic(), cache, problem_ids=fit_ids)
+    validation_env = CandidateChoice.from_cache(arithmetic(), cache, problem_ids=validation_ids)
+    test_env = CandidateChoice.from_cache(arithmetic(), cache, problem_ids=test_ids)
+    if algo == "ppo":
+        model = PPO(
+            SlotScorerPolicy, env, n_steps=128, batch_size=64, learning_rate=3e-3, seed=0, device="cpu"
+        )
+    else:
+        model = DQN(SlotQPolicy, env, learning_starts=64, exploration_fraction=0.3, seed=0, device="cpu")
+    callback = make_validation_callback(validation_env, validation_ids, every=256)
+    model.learn(total_timesteps=1024, callback=callback)
+    assert [point["steps"] for point in callback.curve] == [256, 512, 768, 1024]
+    best = max(point["success"] for point in callback.curve)
+    assert best == 1.0
+    assert evaluate_selector(validation_env, validation_ids, _selector(model))["success"] == best  # restored
+    assert evaluate_selector(test_env, test_ids, _selector(model))["success"] == 1.0
+    model.save(tmp_path / "model")
+    loaded = (PPO if algo == "ppo" else DQN).load(tmp_path / "model", device="cpu")
+    assert evaluate_selector(test_env, test_ids, _selector(loaded))["success"] == 1.0

@@ -37,7 +37,14 @@ is what SB3's default ``MlpPolicy`` takes without a custom feature extractor.
 ``repeat``       1 if the candidate repeats a step already taken in this episode
 ``goal_overlap`` share of the candidate's words (lower-cased alphanumeric runs) that occur in the problem text
 ``step_index``   steps taken so far / the episode's step limit, in [0, 1]
+``revisit``      text games: 1 if the candidate goes to a place (``go to X``) already visited in this episode
+``verb_*``       text games: the command's verb, one-hot over six groups: ``verb_go`` (go to), ``verb_take``,
+                 ``verb_move`` (move / put), ``verb_open_close``, ``verb_transform`` (heat, cool, clean, slice,
+                 use, toggle) and ``verb_inspect`` (examine, look, inventory); all 0 on math envs
 ================ ================================================================================================
+
+``repeat``, ``revisit`` and the verbs are what a selector needs to explore a text game (not to loop, to try the
+places it has not seen, to tell taking from looking), the questions a random walk cannot ask.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ __all__ = [
     "candidate_result",
     "feature_matrix",
     "state_key",
+    "visited_places",
 ]
 
 FEATURES: tuple[str, ...] = (
@@ -84,6 +92,13 @@ FEATURES: tuple[str, ...] = (
     "repeat",
     "goal_overlap",
     "step_index",
+    "revisit",
+    "verb_go",
+    "verb_take",
+    "verb_move",
+    "verb_open_close",
+    "verb_transform",
+    "verb_inspect",
 )
 _COLUMN = {name: index for index, name in enumerate(FEATURES)}
 LOGPROB_FLOOR = -20.0
@@ -91,6 +106,24 @@ CACHE_SCHEMA = "openr-gym/candidates/v1"
 Mode = Literal["sampled", "admissible"]
 StateKey = tuple[str, tuple[str, ...]]
 _WORD = re.compile(r"[a-z0-9]+")
+_VERB_GROUPS = {
+    "go": "verb_go",
+    "take": "verb_take",
+    "move": "verb_move",
+    "put": "verb_move",
+    "open": "verb_open_close",
+    "close": "verb_open_close",
+    "heat": "verb_transform",
+    "cool": "verb_transform",
+    "clean": "verb_transform",
+    "slice": "verb_transform",
+    "use": "verb_transform",
+    "toggle": "verb_transform",
+    "examine": "verb_inspect",
+    "look": "verb_inspect",
+    "inventory": "verb_inspect",
+}
+_GO_TO = "go to "
 
 
 def state_key(info: Mapping[str, Any]) -> StateKey:
@@ -125,6 +158,17 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def _destination(command: str) -> str | None:
+    """The place a text-game command goes to (``go to fridge 1`` -> ``fridge 1``), else None."""
+    command = " ".join(command.lower().split())
+    return command[len(_GO_TO) :] if command.startswith(_GO_TO) else None
+
+
+def visited_places(steps: Sequence[str]) -> set[str]:
+    """The places an episode's commands went to."""
+    return {place for place in map(_destination, steps) if place is not None}
+
+
 def candidate_features(
     candidates: Sequence[Candidate],
     *,
@@ -133,8 +177,10 @@ def candidate_features(
     question: str = "",
     steps: Sequence[str] = (),
     step_fraction: float = 0.0,
+    text_game: bool = False,
 ) -> np.ndarray:
-    """The ``(k, len(FEATURES))`` float32 observation for ``candidates`` (see the module docstring)."""
+    """The ``(k, len(FEATURES))`` float32 observation for ``candidates`` (see the module docstring);
+    ``text_game`` fills the command features (``revisit``, ``verb_*``)."""
     features = np.zeros((k, len(FEATURES)), dtype=np.float32)
     shown = list(candidates)[:k]
     if not shown:
@@ -147,6 +193,7 @@ def candidate_features(
     total_share = sum(c.share for c in shown) or 1.0
     question_words = set(_words(question))
     taken = set(steps)
+    visited = visited_places(steps) if text_game else set()
     for row, (candidate, result) in enumerate(zip(shown, results)):
         words = _words(candidate.text)
         values = {
@@ -161,7 +208,11 @@ def candidate_features(
             "repeat": float(candidate.text in taken),
             "goal_overlap": (sum(w in question_words for w in words) / len(words)) if words else 0.0,
             "step_index": min(1.0, max(0.0, step_fraction)),
+            "revisit": float(_destination(candidate.text) in visited) if text_game else 0.0,
         }
+        verb = _VERB_GROUPS.get(words[0]) if text_game and words else None
+        if verb is not None:
+            values[verb] = 1.0
         for name, value in values.items():
             features[row, _COLUMN[name]] = value
     return features
@@ -565,6 +616,7 @@ class CandidateChoice(gym.Wrapper[np.ndarray, np.int64, str, str], RecordConstru
                 k=self.k,
                 max_new_tokens=self.proposer.max_new_tokens,
                 question=str(info.get("problem", "")),
+                text_game=self.proposer.text_game,
             )
             if len(self._static) > 100_000:
                 self._static.clear()
@@ -572,8 +624,11 @@ class CandidateChoice(gym.Wrapper[np.ndarray, np.int64, str, str], RecordConstru
         features = static.copy()
         valid = features[:, _COLUMN["valid"]] > 0
         taken = set(key[1])
+        visited = visited_places(key[1]) if self.proposer.text_game else set()
         for row, candidate in enumerate(self._candidates[: self.k]):
             features[row, _COLUMN["repeat"]] = float(candidate.text in taken)
+            if visited:
+                features[row, _COLUMN["revisit"]] = float(_destination(candidate.text) in visited)
         step_fraction = min(1.0, float(info.get("step_index", len(key[1]))) / self.step_limit)
         features[valid, _COLUMN["step_index"]] = step_fraction
         info["candidates"] = [c.text for c in self._candidates[: self.k]]
