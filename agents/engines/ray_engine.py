@@ -13,7 +13,8 @@ So nothing here is cluster code of our own:
   failing raises :class:`RayEngineError` naming the actor(s) and the request;
 - ``update_weights(model)`` puts the new weights into Ray's object store once (``ray.put``) and every actor loads
   them from there; each request also carries the current weights version, so an actor that restarted (and so
-  came back with its start-up weights) catches up before it answers.
+  came back with its start-up weights) catches up before it answers. vLLM actors on GPUs can instead take them
+  over NCCL through vLLM's own weight-transfer engine (``weight_transfer="nccl"``, :mod:`.nccl_weights`).
 
 Trainers and search agents take a RayEngine unchanged: it has ``generate``, ``score``, ``step_prompt``,
 ``tokenizer``, ``stats``, ``update_weights`` and ``model`` (the trainer's copy, in this process). ``ray`` is
@@ -227,6 +228,14 @@ class EngineActor:
         if callable(reset):
             reset()
 
+    def weight_transfer(self, method: str, kwargs: dict[str, Any], version: int | None = None) -> None:
+        """One step of vLLM's weight-transfer protocol on this actor's workers (``init_weight_transfer_engine``,
+        ``start_weight_update``, ``update_weights``, ``finish_weight_update``); ``version`` marks the weights
+        loaded once the update has finished."""
+        self.engine.llm.collective_rpc(method, kwargs=kwargs)
+        if version is not None:
+            self.version = version
+
 
 @dataclass
 class _Shard:
@@ -270,6 +279,9 @@ class RayEngine(TokenizerPrompts):
         block_tokens, affinity_slack: prefix-affinity granularity and balance slack (see ``PrefixRouter``).
         runtime_env: Ray runtime environment of the actors (e.g. ``{"py_modules": [...]}`` on a cluster whose
             nodes do not have openr-gym installed); ``OMP_NUM_THREADS`` is set from ``threads_per_actor``.
+        weight_transfer: how ``update_weights`` reaches the actors: ``"object_store"`` (one ``ray.put``, any
+            backend, CPU or GPU) or ``"nccl"`` (vLLM actors on whole GPUs, trainer model on a GPU: vLLM's own
+            NCCL weight-transfer engine, GPU to GPU; falls back to the object store after an actor restart).
     """
 
     def __init__(
@@ -292,9 +304,19 @@ class RayEngine(TokenizerPrompts):
         affinity_slack: float = 0.0,
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         runtime_env: dict[str, Any] | None = None,
+        weight_transfer: str = "object_store",
     ) -> None:
         if num_actors < 1 or max_attempts < 1 or request_timeout <= 0:
             raise ValueError("need num_actors >= 1, max_attempts >= 1 and request_timeout > 0")
+        if weight_transfer not in {"object_store", "nccl"}:
+            raise ValueError(f"weight_transfer must be 'object_store' or 'nccl', got {weight_transfer!r}")
+        if weight_transfer == "nccl" and (
+            backend != "vllm" or (gpus_per_actor is not None and gpus_per_actor < 1)
+        ):
+            raise ValueError(
+                "weight_transfer='nccl' needs backend='vllm' and whole GPUs per actor (gpus_per_actor >= 1); "
+                f"got backend={backend!r}, gpus_per_actor={gpus_per_actor}"
+            )
         # A private local instance gets at least the CPUs asked for (Ray's CPUs are a count, not a pinning).
         ray = connect(address, num_cpus=max(os.cpu_count() or 1, num_actors * threads_per_actor))
 
@@ -327,6 +349,16 @@ class RayEngine(TokenizerPrompts):
         if gpus_per_actor is None:
             has_gpus = ray.cluster_resources().get("GPU", 0) > 0
             gpus_per_actor = 1 if backend == "vllm" and has_gpus else 0
+        if weight_transfer == "nccl":
+            if gpus_per_actor < 1 or gpus_per_actor != int(gpus_per_actor):  # the cluster has no GPUs
+                raise ValueError(
+                    "weight_transfer='nccl' needs backend='vllm' and whole GPUs per actor (gpus_per_actor >= 1); "
+                    f"got backend={backend!r}, gpus_per_actor={gpus_per_actor}"
+                )
+            self.engine_kwargs.setdefault("weight_transfer_config", {"backend": "nccl"})
+        self.weight_transfer = weight_transfer
+        self.gpus_per_actor = gpus_per_actor
+        self._nccl: Any = None  # NCCLWeightSender, built at the first update
         self.actor_names = [f"engine-{i}" for i in range(num_actors)]
         self.actors = self._start_actors(
             payload, threads_per_actor, gpus_per_actor, max_restarts, seed, runtime_env, startup_timeout
@@ -515,6 +547,10 @@ class RayEngine(TokenizerPrompts):
         """
         ray = self._ray
         started = time.perf_counter()
+        if self.weight_transfer == "nccl" and not self.faults:
+            self._send_over_nccl(model)
+            self.last_broadcast_seconds = time.perf_counter() - started
+            return
         state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
         ref = ray.put(state)
         del state
@@ -529,6 +565,33 @@ class RayEngine(TokenizerPrompts):
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
                 self._mark_down(actor, f"update_weights: {_short(error)}", "update_weights", None)
         self.last_broadcast_seconds = time.perf_counter() - started
+
+    def _send_over_nccl(self, model: Any) -> None:
+        """vLLM's weight-transfer engine: every actor receives the broadcast, then marks the new version.
+
+        ``_weights`` keeps the last object-store copy (or None): an actor that restarts later has lost its NCCL
+        ranks, so a fault switches every later update to the object store, whose first put catches it up.
+        """
+        from .nccl_weights import ActorsSyncClient, NCCLWeightSender
+
+        with self._lock:
+            self._version += 1
+            self._weights = None  # nothing to catch up from: the actors get these weights from the broadcast
+            self.router.clear()
+        version = self._version
+
+        def call(actor: Any, method: str, kwargs: dict[str, Any]) -> Any:
+            mark = version if method == "finish_weight_update" else None
+            return actor.weight_transfer.remote(method, kwargs, mark)
+
+        if self._nccl is None:
+            client = ActorsSyncClient(
+                self._ray, self.actors, int(self.gpus_per_actor), self.request_timeout, call
+            )
+            tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+            self._nccl = NCCLWeightSender(client, model, tied_head=tied)
+        self._nccl.engine.client.call = call
+        self._nccl.send(model)
 
     def reset_prefix_cache(self) -> None:
         """Clear every actor's prefix cache (benchmarks time cold prompts with it)."""
@@ -587,6 +650,11 @@ class RayEngine(TokenizerPrompts):
             self.router.forget(actor)  # a restarted actor starts with an empty cache
             if actor not in self._down:
                 self._down[actor] = self.actors[actor].ready.remote()
+            sender, self._nccl = getattr(self, "_nccl", None), None
+        if sender is not None:  # the restarted actor lost its NCCL ranks: it catches up from the object store
+            state = {k: v.detach().to("cpu").contiguous() for k, v in sender.model.state_dict().items()}
+            self._weights = (self._version, [self._ray.put(state)])
+            sender.close()
 
     def _run(self, method: str, shards: list[_Shard]) -> dict[int, Any]:
         """Submit every shard, wait for all with a time limit each; retry a failed shard on another live actor."""
@@ -665,6 +733,9 @@ class RayEngine(TokenizerPrompts):
         ray = self._ray
         from ray.util.placement_group import remove_placement_group
 
+        sender = self.__dict__.pop("_nccl", None)
+        if sender is not None:
+            sender.close()
         for actor in getattr(self, "actors", []):
             try:
                 ray.kill(actor, no_restart=True)
