@@ -67,7 +67,10 @@ class PrefixRouter:
     # -- memory of what each actor has seen ---------------------------------------------------------------------
     def observe(self, actor: int, token_ids: Sequence[int]) -> None:
         """Remember that ``actor`` has (probably) cached the prefixes of ``token_ids``."""
-        for key in block_hashes(token_ids, self.block_tokens):
+        self._observe_blocks(actor, block_hashes(token_ids, self.block_tokens))
+
+    def _observe_blocks(self, actor: int, hashes: Sequence[int]) -> None:
+        for key in hashes:
             owners = self._owners.pop(key, [])
             if actor in owners:
                 owners.remove(actor)
@@ -90,8 +93,10 @@ class PrefixRouter:
 
     def matches(self, token_ids: Sequence[int]) -> dict[int, int]:
         """Per actor, the longest prefix of ``token_ids`` (in tokens, whole blocks) it has seen; 0 when none."""
+        return self._matching_blocks(block_hashes(token_ids, self.block_tokens))
+
+    def _matching_blocks(self, hashes: Sequence[int]) -> dict[int, int]:
         found: dict[int, int] = {}
-        hashes = block_hashes(token_ids, self.block_tokens)
         for index in range(len(hashes) - 1, -1, -1):
             for actor in self._owners.get(hashes[index], ()):
                 found.setdefault(actor, (index + 1) * self.block_tokens)
@@ -123,8 +128,9 @@ class PrefixRouter:
         if sum(room.values()) < sum(samples):  # rounding: give the difference to the least loaded
             room[min(live, key=lambda a: queued[a])] += sum(samples) - sum(room.values())
         live_set = set(live)
+        hashes = [block_hashes(ids, self.block_tokens) for ids in token_ids]  # once per prompt
         prior = [
-            max((m for a, m in self.matches(ids).items() if a in live_set), default=0) for ids in token_ids
+            max((m for a, m in self._matching_blocks(h).items() if a in live_set), default=0) for h in hashes
         ]
         left = list(samples)
         pieces: list[Piece] = []
@@ -133,12 +139,12 @@ class PrefixRouter:
                 # Matches are looked up again at each placement, so copies of a prompt placed earlier in this
                 # batch (a GRPO group) follow it to the actor that will have its prefix cached.
                 open_actors = [a for a in live if room[a] > 0]
-                found = self.matches(token_ids[index])
+                found = self._matching_blocks(hashes[index])
                 actor = max(open_actors, key=lambda a: (found.get(a, 0), room[a], -queued[a], -a))
                 take = min(left[index], room[actor])
                 pieces.append(Piece(index, samples[index] - left[index], take, actor))
                 room[actor] -= take
                 left[index] -= take
-                self.observe(actor, token_ids[index])
+                self._observe_blocks(actor, hashes[index])
         pieces.sort(key=lambda p: (p.prompt, p.first))
         return pieces
