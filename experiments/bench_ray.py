@@ -65,6 +65,8 @@ class BenchRayConfig:
     """Tokens per step."""
     temperature: float = 0.7
     """Sampling temperature."""
+    repeats: int = 1
+    """Timed runs of each workload per engine; the median run is reported (all runs' seconds are in the JSON)."""
     broadcasts: int = 3
     """Weight broadcasts timed per RayEngine (the median is reported)."""
     grpo_update: bool = True
@@ -136,13 +138,19 @@ def _timed(engine: Any, work: Any, problems: int) -> dict[str, float]:
     }
 
 
+def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The run of median duration, with every run's seconds (noise on a shared machine shows there)."""
+    ordered = sorted(runs, key=lambda run: run["seconds"])
+    return {**ordered[len(ordered) // 2], "all_seconds": [run["seconds"] for run in runs]}
+
+
 def _measure(
     name: str, engine: Any, config: BenchRayConfig, env: Any, problems: list[dict]
 ) -> dict[str, Any]:
     engine.generate(["Warm-up: 1 + 1 ="], max_new_tokens=4, temperature=0)  # lazy initialisation, not timed
     row: dict[str, Any] = {"engine": name}
-    row["search"] = _search(engine, config, env, problems)
-    row["rollouts"] = _rollouts(engine, config)
+    row["search"] = _median_run([_search(engine, config, env, problems) for _ in range(config.repeats)])
+    row["rollouts"] = _median_run([_rollouts(engine, config) for _ in range(config.repeats)])
     print(
         f"{name:>12}: search {row['search']['tokens_per_s']:.1f} tok/s, "
         f"rollouts {row['rollouts']['tokens_per_s']:.1f} tok/s",
