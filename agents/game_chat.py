@@ -299,6 +299,9 @@ class ValueChooser:
         for chat, env, commands in zip(chats, envs, candidates):
             state = env.unwrapped.get_state()
             distinct = list(dict.fromkeys(commands))
+            if len(distinct) == 1:  # nothing to choose: no lookahead, no value read
+                picks.append(0)
+                continue
             prompts, fixed = [], {}
             for command in distinct:
                 self.scratch.unwrapped.set_state(state)

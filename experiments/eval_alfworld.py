@@ -117,7 +117,8 @@ def load_value(folder: str, policy_model: Any) -> tuple[Any, Any]:
     if (path / "value").is_dir():
         from rewards.prm.value_head import CausalLMWithValueHead
 
-        value_lm = CausalLMWithValueHead.from_pretrained(path / "value", dtype=torch.float32).eval()
+        dtype = next(policy_model.parameters()).dtype  # the policy's (bf16 where the CPU runs it natively)
+        value_lm = CausalLMWithValueHead.from_pretrained(path / "value", dtype=dtype).eval()
         return value_lm.backbone, value_lm.v_head
     head = torch.nn.Linear(policy_model.config.hidden_size, 1)
     head.load_state_dict(torch.load(path / "value_head.pt", weights_only=True))
