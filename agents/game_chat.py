@@ -260,6 +260,45 @@ class ValueChooser:
         return [float(v) for v in self.head(last.float()).squeeze(-1)]
 
     @torch.no_grad()
+    def values_after(
+        self, prompt: list[dict[str, str]], nexts: Sequence[list[dict[str, str]]]
+    ) -> list[float]:
+        """V of each chat in ``nexts`` (``prompt`` continued by one command and the game's reply): the shared
+        ``prompt`` runs once and its key/value cache serves every continuation, so a candidate costs its own
+        ~30 tokens instead of the whole chat (as ``values`` when a continuation is not a token extension)."""
+        from transformers import DynamicCache
+
+        head_ids = encode_prompt(self.tokenizer, render_prompt(self.tokenizer, prompt))
+        tails = [encode_prompt(self.tokenizer, render_prompt(self.tokenizer, p)) for p in nexts]
+        if not tails or any(ids[: len(head_ids)] != head_ids or len(ids) == len(head_ids) for ids in tails):
+            return self.values(nexts)
+        tails = [ids[len(head_ids) :] for ids in tails]
+        device = next(self.backbone.parameters()).device
+        decoder = self.backbone.get_decoder()
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            cache = DynamicCache(config=self.backbone.config)
+            decoder(input_ids=torch.tensor([head_ids], device=device), past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(len(tails))
+            width = max(len(ids) for ids in tails)
+            pad = int(self.tokenizer.pad_token_id or 0)
+            input_ids = torch.full((len(tails), width), pad, dtype=torch.long, device=device)
+            for row, ids in enumerate(
+                tails
+            ):  # right padding: causal attention keeps it out of every real token
+                input_ids[row, : len(ids)] = torch.tensor(ids, device=device)
+            positions = len(head_ids) + torch.arange(width, device=device).expand(len(tails), -1)
+            hidden = decoder(
+                input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True
+            ).last_hidden_state
+        finally:
+            self.backbone.train(was_training)
+        last = hidden[torch.arange(len(tails), device=device), torch.tensor([len(t) - 1 for t in tails])]
+        self.values_read += len(tails)
+        return [float(v) for v in self.head(last.float()).squeeze(-1)]
+
+    @torch.no_grad()
     def state_values(self, chat: GameChat) -> list[float]:
         """V at every state of a played game (before each of its commands): one pass over the game's last prompt,
         read at the last token of each earlier prompt (those are its prefixes); separate passes if one is not."""
@@ -320,7 +359,9 @@ class ValueChooser:
                 after.add(command, str(info["feedback"]), info["admissible_commands"], None)
                 prompts.append((command, after.prompt()))
             scores = dict(fixed)
-            scores.update(zip([c for c, _ in prompts], self.values([p for _, p in prompts])))
+            if prompts:
+                read = self.values_after(chat.prompt(), [p for _, p in prompts])
+                scores.update(zip([c for c, _ in prompts], read))
             best = max(distinct, key=lambda c: scores[c])
             picks.append(commands.index(best))
         return picks

@@ -235,7 +235,9 @@ def test_value_chooser_plays_the_highest_value_and_a_winning_command(tiny):
         observation, info = env.reset(options={"problem_id": "gen-train-000000"})
         chat = adapter.start(observation, info)
         chooser = ValueChooser(tiny[0], None, tiny[1], scratch)
-        chooser.values = lambda prompts: [0.9 if p[-2]["content"] == "inventory" else 0.2 for p in prompts]
+        chooser.values_after = lambda prompt, nexts: [
+            0.9 if p[-2]["content"] == "inventory" else 0.2 for p in nexts
+        ]
         assert chooser([chat], [env], [["look", "inventory", "look"]]) == [1]
         plan = env.unwrapped.expert_plan()
         for command in plan[:-1]:
@@ -253,7 +255,8 @@ def test_value_chooser_plays_the_highest_value_and_a_winning_command(tiny):
 
 def test_state_values_one_pass_equals_a_pass_per_state(tiny):
     """V at every state of a played game read from one pass over its last prompt equals reading each state's
-    prompt on its own (the earlier prompts are token prefixes of the last one)."""
+    prompt on its own (the earlier prompts are token prefixes of the last one); the same for candidates' next
+    states read through the current prompt's key/value cache."""
     import torch
 
     from agents.game_chat import ChatGameAdapter, ValueChooser
@@ -278,6 +281,16 @@ def test_state_values_one_pass_equals_a_pass_per_state(tiny):
             prompts.append(prefix.prompt())
         assert len(one_pass) == 4
         assert one_pass == pytest.approx(chooser.values(prompts), abs=1e-4)
+        # the candidates' continuations read through the shared prompt's cache equal full passes
+        nexts = []
+        for command in ["look", "inventory", "go to drawer 1"]:
+            after = ChatGameAdapter().start(chat.opening, {})
+            for done, reply in zip(chat.commands, chat.replies):
+                after.add(done, reply, [], None)
+            after.add(command, f"You did {command}.", [], None)
+            nexts.append(after.prompt())
+        current = nexts[0][:-2]
+        assert chooser.values_after(current, nexts) == pytest.approx(chooser.values(nexts), abs=1e-4)
     finally:
         env.close()
 
