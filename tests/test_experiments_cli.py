@@ -111,6 +111,22 @@ def test_train_agent_is_a_subcommand_with_its_config_as_flags():
         parse_args(["grpo", "--no-such-field", "1"])
 
 
+def test_train_rollout_engine_is_a_flag():
+    from agents.engines import HFEngine
+    from agents.engines.testing import tiny_model
+    from experiments.train import build_engine, parse_args
+
+    assert parse_args([]).engine == "hf"
+    assert parse_args(["grpo", "--engine", "vllm", "--vllm-eager"]).engine == "vllm"
+    with pytest.raises(SystemExit):
+        parse_args(["--engine", "sglang"])
+    model, tokenizer = tiny_model(0, num_layers=1, hidden_size=32)
+    engine = build_engine("hf", model, tokenizer, threads=1)
+    assert isinstance(engine, HFEngine) and engine.model is model  # samples from the trained weights, no copy
+    with pytest.raises(ValueError, match="engine must be"):
+        build_engine("sglang", model, tokenizer)
+
+
 def test_train_runs_end_to_end_with_a_tiny_model(tmp_path):
     from agents.engines.testing import save_tiny_model
     from experiments.train import main

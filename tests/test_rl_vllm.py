@@ -69,3 +69,52 @@ def test_grpo_with_vllm_engine_syncs_weights(vllm_engine, lora_r: int) -> None:
     finally:
         fresh, _ = tiny_model(0, tokenizer=byte_level_tokenizer())
         vllm_engine.update_weights(fresh)  # back to the initial weights for the next parametrisation
+
+
+_IN_PROCESS_RUN = """
+import json
+import torch
+torch.set_num_threads(1)
+from agents.engines import HFEngine
+from agents.engines.testing import byte_level_tokenizer, tiny_model
+from agents.rl.grpo import GRPO, GRPOConfig
+from agents.rl.toy import DIGITS_ID, register_toy_envs
+from experiments.train import build_engine
+
+register_toy_envs()
+model, tokenizer = tiny_model(0, tokenizer=byte_level_tokenizer())
+engine = build_engine("vllm", model, tokenizer, threads=1, vllm_eager=True, dtype="float32", max_model_len=512)
+config = GRPOConfig(prompts_per_update=2, group_size=4, max_new_tokens=8, max_steps=1, learning_rate=2e-2,
+                    kl_coef=0.0, autocast="off", verbose=0)
+agent = GRPO(engine, DIGITS_ID, config, model=model)
+prompts = [engine.step_prompt(f"Problem {i}", [], "Write digits.") for i in range(3)]
+def greedy(e):
+    return [g[0].token_ids for g in e.generate(prompts, max_new_tokens=8, temperature=0)]
+before = greedy(HFEngine(model, tokenizer))
+agent.learn(2)
+print(json.dumps({"before": before, "vllm": greedy(engine), "trained": greedy(HFEngine(model, tokenizer)),
+                  "sync_seconds": agent.logger.name_to_value.get("time/sync_seconds")}))
+engine.close()
+"""
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_train_scripts_in_process_vllm_engine_gets_the_weights_after_each_update() -> None:
+    """``experiments.train.build_engine("vllm")`` (what ``train.py --engine vllm`` and ``bench_rl --engine vllm``
+    use): GRPO trains the transformers model, and after the update vLLM's greedy output is the trained model's.
+    In a fresh process: an in-process vLLM-CPU engine freezes torch's thread count for the rest of the process."""
+    pytest.importorskip("vllm")
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS_RUN], cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["trained"] != result["before"], "the two updates did not change the greedy output"
+    assert result["vllm"] == result["trained"]
+    assert result["sync_seconds"] is not None and result["sync_seconds"] > 0

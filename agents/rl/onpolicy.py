@@ -10,6 +10,7 @@ once.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,13 +125,17 @@ class OnPolicyAgent(TrainableAgent):
         """``epochs`` passes over ``rows``, each split into shuffled ``minibatches``; a minibatch is one optimizer
         step whose gradient is accumulated over micro-batches of ``micro_batch_size`` (rows of similar length
         and of one prompt together). Returns the logged values (each loss term's share of the loss averaged over
-        optimizer steps; entropy, approx_kl and clip_fraction as token means) and each step's gradient norm."""
+        optimizer steps; entropy, approx_kl, clip_fraction and, at temperature 1, sampler_kl (the engine's sampling
+        distribution against the behaviour policy's, from the engine's log-probs: how off-policy a separate engine
+        such as vLLM in bf16 makes the data) as token means) and each step's gradient norm."""
         cfg = self.config
         batch, mask = rollout.tokens, rollout.tokens.response_mask
         sequence_tokens = self._sequence_tokens(rollout)
         shares: dict[str, float] = defaultdict(float)
         per_token: dict[str, float] = defaultdict(float)
         counted, grad_norms = 0.0, []
+        # engines report log-probs before temperature / top-p: comparable to the trainer's at T = 1, top-p = 1 only
+        sampler_comparable = cfg.temperature == 1.0 and cfg.top_p == 1.0
         for _ in range(cfg.epochs):
             for minibatch in self.minibatch_rows(rows):
                 total_tokens = float(mask[minibatch].sum())
@@ -168,6 +173,9 @@ class OnPolicyAgent(TrainableAgent):
                     per_token["entropy"] += float((out.entropy * sub_mask).sum())
                     log_ratio = (out.logprobs.detach() - sub_data["old_logprobs"]) * sub_mask
                     per_token["approx_kl"] += float(((log_ratio.exp() - 1) - log_ratio).mul(sub_mask).sum())
+                    if sampler_comparable:  # KL(sampler || behaviour policy), k3: e.g. vLLM bf16 vs trainer
+                        gap = (sub_data["old_logprobs"] - rollout.sampled_logprobs[sub_rows]) * sub_mask
+                        per_token["sampler_kl"] += float(((gap.exp() - 1) - gap).mul(sub_mask).sum())
                     if self.uses_ratio_clipping:
                         clipped = clip_fraction(
                             out.logprobs.detach(), sub_data["old_logprobs"], cfg.clip_range
@@ -183,6 +191,7 @@ class OnPolicyAgent(TrainableAgent):
         """One policy update: collect -> tokenise -> prepare -> optimise -> sync; returns (metrics, env steps)."""
         cfg = self.config
         episodes = self.collect(cfg.prompts_per_update, cfg.group_size)
+        train_started = time.perf_counter()
         env_steps = sum(len(e.step_rewards) for e in episodes)
         rollout = self.tokenize(episodes)
         prepared = self.prepare(rollout)
@@ -204,7 +213,11 @@ class OnPolicyAgent(TrainableAgent):
         if self.has_reference and "ref_logprobs" not in data:
             data["ref_logprobs"] = self._on_rows(rollout, rows, self.reference_logprobs)
         means, grad_norms = self.optimise(rollout, rows, data)
+        sync_started = time.perf_counter()
         self.sync_engine()
+        # where an update's time goes besides time/rollout_seconds (collect): tokenise..optimise, weight push
+        metrics["time/train_seconds"] = sync_started - train_started
+        metrics["time/sync_seconds"] = time.perf_counter() - sync_started
         metrics.update({f"train/{name}": value for name, value in means.items()})
         metrics["train/grad_norm"] = float(np.mean(grad_norms))
         metrics["train/learning_rate"] = self.optimizer.param_groups[0]["lr"]
