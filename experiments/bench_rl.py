@@ -239,7 +239,8 @@ def run_trl(args: RLBenchConfig) -> dict[str, Any]:
 def _child(impl: str, args: RLBenchConfig) -> dict[str, Any]:
     command = [
         sys.executable,
-        __file__,
+        "-m",  # with the repository root as cwd: this checkout's packages, not another installed copy
+        "experiments.bench_rl",
         "--impl",
         impl,
         "--steps",
@@ -263,7 +264,9 @@ def _child(impl: str, args: RLBenchConfig) -> dict[str, Any]:
     ]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         started = time.time()
-        process = subprocess.run([*command, "--child-out", out.name], text=True, capture_output=True)
+        process = subprocess.run(
+            [*command, "--child-out", out.name], text=True, capture_output=True, cwd=Path(__file__).parents[1]
+        )
         if process.returncode != 0:
             return {"error": (process.stderr or process.stdout)[-3000:], "returncode": process.returncode}
         result = json.loads(Path(out.name).read_text())
