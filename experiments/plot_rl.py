@@ -51,6 +51,7 @@ def plot_runs(
     start_accuracy: float | None = None,
     window: int = 5,
     title: str = "",
+    training_key: str = "rollout/ep_rew_mean",
 ) -> Path:
     import matplotlib
 
@@ -58,6 +59,7 @@ def plot_runs(
     import matplotlib.pyplot as plt
 
     figure, (held_out, training) = plt.subplots(1, 2, figsize=(11, 3.8))
+    highest = 1.0
     for index, (run, label) in enumerate(zip(runs, labels, strict=True)):
         colour = f"C{index}"
         rows = read_progress(run / "progress.csv")
@@ -65,14 +67,15 @@ def plot_runs(
         if start_accuracy is not None and (not xs or xs[0] > 0):
             xs, ys = [0.0, *xs], [start_accuracy, *ys]
         held_out.plot(xs, ys, marker="o", color=colour, label=label)
-        xs, ys = progress_series(rows, "rollout/ep_rew_mean")
+        xs, ys = progress_series(rows, training_key)
+        highest = max([highest, *ys])
         training.plot(xs, ys, color=colour, alpha=0.25)
         training.plot(xs, moving_average(ys, window), color=colour, label=f"{label} ({window}-update mean)")
     held_out.set_title("held-out greedy accuracy")
-    training.set_title("training reward per update (sampled)")
+    training.set_title(f"training {training_key} per update (sampled)")
     for axis in (held_out, training):
         axis.set_xlabel("policy updates")
-        axis.set_ylim(-0.02, 1.02)
+        axis.set_ylim(-0.02, 1.02 if axis is held_out else max(1.02, highest * 1.02))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     if title:
@@ -100,6 +103,9 @@ class PlotRunsConfig:
     """Updates in the training-reward moving mean."""
     title: str = ""
     """Figure title."""
+    training_key: str = "rollout/ep_rew_mean"
+    """The ``progress.csv`` column of the right panel (``rollout/accuracy``: the sampled outcome accuracy, which
+    runs whose rewards add PRM scores share with outcome-only runs)."""
 
 
 def parse_args(argv: list[str] | None = None) -> PlotRunsConfig:
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> Path:
         start_accuracy=args.start_accuracy,
         window=args.window,
         title=args.title,
+        training_key=args.training_key,
     )
     print(path)
     return path

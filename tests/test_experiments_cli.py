@@ -178,3 +178,19 @@ def test_no_experiments_script_hand_writes_argparse():
     root = Path(__file__).resolve().parent.parent / "experiments"
     offenders = [path.name for path in sorted(root.glob("*.py")) if "argparse" in path.read_text()]
     assert offenders == []
+
+
+def test_plot_rl_draws_the_chosen_training_column(tmp_path):
+    from experiments.plot_rl import main
+
+    for name, reward in (("a", 1.7), ("b", 0.4)):
+        (tmp_path / name).mkdir()
+        rows = ["time/updates,rollout/ep_rew_mean,rollout/accuracy,eval/accuracy"]
+        rows += [f"{u},{reward},0.5,{0.5 if u == 2 else ''}" for u in (1, 2)]
+        (tmp_path / name / "progress.csv").write_text("\n".join(rows) + "\n")
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for key in ("rollout/accuracy", "rollout/ep_rew_mean"):  # rewards above 1 widen the axis
+        out = main(
+            [*runs, "--out", str(tmp_path / "plot.png"), "--training-key", key, "--start-accuracy", "0.4"]
+        )
+        assert out.stat().st_size > 1000
