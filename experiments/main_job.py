@@ -78,21 +78,30 @@ class MainJobConfig:
     """Data file for MATH / GSM8K (the env's ``data_path``)."""
     model: str = "smollm2-135m-instruct"
     """Base model (name, HF id or local folder); the warm-start starts from it."""
-    sft_steps: int = 10
+    sft_steps: int = 6
     """SFT optimizer steps on the env's worked solutions (stage 1); 0 searches with ``model`` as it is."""
     sft_batch_size: int = 16
     """Worked solutions per SFT step."""
     sft_learning_rate: float = 1e-4
     """SFT learning rate (AdamW)."""
-    label_problems: int = 128
+    label_problems: int = 64
     """Training problems for the Monte-Carlo labels (stage 2)."""
-    label_samples: int = 4
-    """Solutions sampled per training problem."""
+    label_samples: int = 8
+    """Solutions sampled per training problem (many per problem, so that a problem's solutions can disagree)."""
     label_rollouts: int = 2
-    """Completions sampled from every step prefix; a step's label is whether one of them (or the solution itself)
-    reaches the right answer (Math-Shepherd's hard estimate)."""
+    """Completions sampled from every step prefix; a step's label is the fraction of them (and of the sampled
+    solutions through that prefix) that reach the right answer (Math-Shepherd's soft estimate; hard: > 0)."""
+    label_rollout_scope: Literal["all", "mixed"] = "mixed"
+    """Roll out the step prefixes of ``all`` problems or only of ``mixed`` ones (sampled solutions disagree): the
+    rollouts go where the labels can tell one problem's solutions apart."""
     prm_epochs: int = 2
     """PRM training epochs (stage 3)."""
+    prm_labels: Literal["soft", "hard"] = "hard"
+    """Train the PRM on the Monte-Carlo fraction (``soft``) or on "any completion right" (``hard``, Math-Shepherd)."""
+    prm_train_questions: Literal["all", "mixed"] = "all"
+    """Train the PRM on ``all`` labelled questions or only on ``mixed`` ones (solutions disagree)."""
+    prm_pairwise_weight: float = 0.0
+    """Weight of the PRM's within-question pairwise (Bradley-Terry) term on right vs wrong solutions (0: off)."""
     prm_learning_rate: float = 1e-4
     """PRM learning rate."""
     prm_trainable_layers: int = 4
@@ -113,7 +122,7 @@ class MainJobConfig:
     """Search budgets: N for best-of-N, the beam width (2 expansions per beam), MCTS simulations (2 expansions)."""
     problem_sets: int = 3
     """Disjoint held-out problem sets; the spread over them is shown."""
-    problems_per_set: int = 16
+    problems_per_set: int = 12
     """Problems per held-out set (searched together: one engine call per wave for the whole set)."""
     test_seed: int = 50_000_000
     """Held-out set ``i`` comes from reset seeds ``test_seed + 100_000 * i`` (training problems from 0)."""
@@ -220,6 +229,8 @@ def collect_config(config: MainJobConfig, policy: str, out: str) -> Any:
         problem_seed=0,
         samples=config.label_samples,
         rollouts=config.label_rollouts,
+        rollout_scope=config.label_rollout_scope,
+        sibling_outcomes=True,
         max_steps=config.max_steps,
         max_new_tokens=config.max_steps * config.max_new_tokens,
         rollout_max_new_tokens=config.max_steps * config.max_new_tokens,
@@ -253,7 +264,9 @@ def prm_train_config(config: MainJobConfig, policy: str, labels: str, folder: Pa
         eval_fraction=config.prm_eval_fraction,
         model=policy,
         format="math-shepherd",
-        labels="hard",
+        labels=config.prm_labels,
+        train_questions=config.prm_train_questions,
+        pairwise_weight=config.prm_pairwise_weight,
         epochs=config.prm_epochs,
         lr=config.prm_learning_rate,
         batch_size=config.prm_batch_size,
@@ -276,6 +289,9 @@ def build_prm(config: MainJobConfig, folder: Path, policy: str, labels: str) -> 
         "auc_before": result["eval_before"].get("auc"),
         "auc": result["eval_after"].get("auc"),
         "eval_steps": result["eval_after"].get("steps"),
+        "pair_accuracy_before": result["eval_before"].get("pair_accuracy"),
+        "pair_accuracy": result["eval_after"].get("pair_accuracy"),
+        "eval_pairs": result["eval_after"].get("pairs"),
         "train_examples": result["train_examples"],
         "optimizer_steps": result["optimizer_steps"],
     }
@@ -347,9 +363,10 @@ def load_oreo_value(stage: StageResult, engine: Any, env: Any, dtype: Any) -> An
 
 
 def search_runs(config: MainJobConfig) -> list[tuple[str, int]]:
-    """(run, budget) pairs; greedy runs once."""
-    runs = [("greedy", 1)]
-    names = ["best_of_n", "beam_search", "mcts"] + (["oreo_beam_search"] if config.oreo_steps > 0 else [])
+    """(run, budget) pairs; greedy runs once, best-of-N once at the largest budget (smaller budgets are priced on
+    disjoint groups of its samples, ``subset_results``)."""
+    runs = [("greedy", 1), ("best_of_n", max(config.budgets))]
+    names = ["beam_search", "mcts"] + (["oreo_beam_search"] if config.oreo_steps > 0 else [])
     for name in names:
         runs += [(name, b) for b in config.budgets]
     return runs
@@ -456,6 +473,39 @@ def compute_of(result: dict[str, Any], with_prm: bool) -> float:
     )
 
 
+def subset_results(result: dict[str, Any], budget: int) -> list[dict[str, Any]]:
+    """Best-of-``budget`` results made from one best-of-N result: its N independent samples split into N // budget
+    disjoint groups of ``budget`` (in sampling order), each priced as a run of its own would be: the shared cost
+    (the problem's prompt, processed once) plus its candidates' own generated, prompt and PRM-read tokens
+    (identical candidates read once)."""
+    n = len(result["candidate_answers"])
+    if budget >= n:
+        return [result]
+    own = {key: result[f"candidate_{key}"] for key in ("generated_tokens", "prompt_tokens", "prm_tokens")}
+    shared = {key: result[key] - sum(values) for key, values in own.items() if key != "prm_tokens"}
+    distinct = dict(zip(result["candidate_keys"], own["prm_tokens"]))
+    shared["prm_tokens"] = result["prm_tokens"] - sum(distinct.values())
+    groups = []
+    for start in range(0, n - budget + 1, budget):
+        part = slice(start, start + budget)
+        group = {
+            key: result[key][part]
+            for key in result
+            if key.startswith("candidate_") and isinstance(result[key], list)
+        }
+        read = dict(zip(group["candidate_keys"], group["candidate_prm_tokens"]))
+        groups.append(
+            {
+                **group,
+                "generated_tokens": shared["generated_tokens"] + sum(group["candidate_generated_tokens"]),
+                "prompt_tokens": shared["prompt_tokens"] + sum(group["candidate_prompt_tokens"]),
+                "prm_tokens": shared["prm_tokens"] + sum(read.values()),
+                "pass_at_k": any(group["candidate_correct"]),
+            }
+        )
+    return groups
+
+
 def _correct(result: dict[str, Any], rule: str | None) -> bool:
     """Whether the method's answer is right: the run's own choice, or ``rule`` re-applied to its candidates."""
     if rule is None:
@@ -468,26 +518,41 @@ def _correct(result: dict[str, Any], rule: str | None) -> bool:
     return bool(result["candidate_correct"][index])
 
 
+def _per_problem(value: Any, groups: Sequence[Sequence[dict[str, Any]]]) -> float:
+    """Mean over problems of the mean of ``value`` over each problem's results (one, or one per sample group)."""
+    return sum(sum(float(value(r)) for r in g) / len(g) for g in groups) / len(groups)
+
+
 def method_rows(cells: Sequence[dict[str, Any]], config: MainJobConfig) -> list[dict[str, Any]]:
     """One row per (method, budget): accuracy per held-out set and its mean / min / max, mean compute per problem
-    (and its parts), pass@k and seconds."""
+    (and its parts), pass@k and seconds. Best-of-N rows below the largest budget average over the disjoint groups
+    of the largest run's samples (``subset_results``); their seconds are that run's, scaled by budget / N."""
     by_cell = {(c["run"], c["budget"], c["set"]): c for c in cells}
+    largest = max(config.budgets)
     rows = []
     for method, (run, rule, with_prm) in METHODS.items():
         rule = rule.format(agg=config.prm_aggregation) if rule else None
         budgets = [1] if run == "greedy" else list(config.budgets)
         for budget in budgets:
-            per_set = [by_cell[key] for key in sorted(by_cell) if key[:2] == (run, budget)]
+            ran = largest if run == "best_of_n" else budget
+            per_set = [by_cell[key] for key in sorted(by_cell) if key[:2] == (run, ran)]
             if not per_set:
                 continue
-            accuracy = [sum(_correct(r, rule) for r in c["results"]) / len(c["results"]) for c in per_set]
-            compute = [
-                sum(compute_of(r, with_prm) for r in c["results"]) / len(c["results"]) for c in per_set
+            # per set, per problem: the results the method's row averages (one, or one per disjoint group)
+            groups = [
+                [subset_results(r, budget) if run == "best_of_n" else [r] for r in c["results"]]
+                for c in per_set
             ]
-            flat = [r for c in per_set for r in c["results"]]
+            correct = functools.partial(_correct, rule=rule)
+            cost = functools.partial(compute_of, with_prm=with_prm)
+            accuracy = [_per_problem(correct, g) for g in groups]
+            compute = [_per_problem(cost, g) for g in groups]
+            flat = [g for cell_groups in groups for g in cell_groups]
 
-            def mean(key: str, results: list[dict] = flat) -> float:
-                return sum(float(r.get(key, 0)) for r in results) / max(len(results), 1)
+            def mean(key: str, results: list[list[dict]] = flat) -> float:
+                return _per_problem(lambda r: float(r.get(key, 0)), results)
+
+            share = budget / ran
 
             rows.append(
                 {
@@ -503,7 +568,7 @@ def method_rows(cells: Sequence[dict[str, Any]], config: MainJobConfig) -> list[
                     "prompt_tokens": mean("prompt_tokens"),
                     "prm_tokens": mean("prm_tokens") if with_prm else 0.0,
                     "pass_at_k": mean("pass_at_k"),
-                    "seconds_per_problem": sum(c["seconds"] for c in per_set) / len(flat),
+                    "seconds_per_problem": share * sum(c["seconds"] for c in per_set) / len(flat),
                 }
             )
     return rows
@@ -780,7 +845,8 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
     report(
         labels,
         f": {labels.summary['solutions']} solutions, sample accuracy {labels.summary['sample_accuracy']:.3f}, "
-        f"{labels.summary['positive_step_fraction_hard']:.2f} positive steps",
+        f"{labels.summary['positive_step_fraction_hard']:.2f} positive steps, "
+        f"{labels.summary.get('mixed_problems', 0)} of {labels.summary['problems']} problems with mixed outcomes",
     )
 
     # 3. the PRM
@@ -793,14 +859,17 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
         "prm",
         prm_config,
         [policy_key, labels.key],
-        lambda folder: build_prm(config, folder, policy, str(labels.folder / "math_shepherd.jsonl")),
+        lambda folder: build_prm(config, folder, policy, str(labels.folder / "samples.jsonl")),
     )
     prm_stage = stages["prm"]
     auc = prm_stage.summary.get("auc")
     report(
         prm_stage,
         f": held-out step AUC {auc:.3f} (untrained {prm_stage.summary.get('auc_before', float('nan')):.3f}) "
-        f"on {prm_stage.summary.get('eval_steps', 0):.0f} steps of held-out training questions",
+        f"on {prm_stage.summary.get('eval_steps', 0):.0f} steps of held-out training questions; orders "
+        f"{prm_stage.summary.get('pair_accuracy', float('nan')):.3f} (untrained "
+        f"{prm_stage.summary.get('pair_accuracy_before', float('nan')):.3f}) of their "
+        f"{prm_stage.summary.get('eval_pairs', 0):.0f} within-question (right, wrong) solution pairs right",
     )
 
     # 4. search on held-out problem sets

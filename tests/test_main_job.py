@@ -147,31 +147,79 @@ def test_identical_candidates_are_scored_once_and_charged_once(tiny):
 def test_methods_reselect_the_same_samples_and_gaps_compare_at_equal_compute():
     from experiments.main_job import MainJobConfig, candidate_ranking, equal_compute_gaps, method_rows
 
-    def result(correct, answers, scores, right, gen=10, prm=5):
+    def result(correct, answers, scores, right, gen, prompt, prm, keys=None):
         return {
-            "correct": correct, "generated_tokens": gen, "prompt_tokens": 2, "prm_tokens": prm, "pass_at_k": any(right),
+            "correct": correct, "generated_tokens": sum(gen), "prompt_tokens": 2 + sum(prompt),
+            "prm_tokens": sum(dict(zip(keys or answers, prm)).values()), "pass_at_k": any(right),
             "candidate_answers": answers, "candidate_scores": scores, "candidate_correct": right,
-            "candidate_terminated": [True] * len(answers),
+            "candidate_terminated": [True] * len(answers), "candidate_generated_tokens": gen,
+            "candidate_prompt_tokens": prompt, "candidate_prm_tokens": prm, "candidate_keys": keys or answers,
         }  # fmt: skip
 
     # best-of-3: majority picks "4" (wrong), the PRM vote (min) picks "5" (right)
-    bon = result(True, ["4", "4", "5"], [[0.1], [0.2], [0.9]], [False, False, True])
+    bon = result(True, ["4", "4", "5"], [[0.1], [0.2], [0.9]], [False, False, True], [3, 3, 4], [1, 1, 1],
+                 [2, 2, 1], keys=["a", "b", "c"])  # fmt: skip
+    greedy = result(False, ["4"], [[0.5]], [False], [4], [1], [0])
     cells = [
-        {"run": "greedy", "budget": 1, "set": 0, "seconds": 1.0, "results": [result(False, ["4"], [[0.5]], [False], prm=0)]},
-        {"run": "best_of_n", "budget": 1, "set": 0, "seconds": 1.0, "results": [result(False, ["4"], [[0.1]], [False], gen=4)]},
-        {"run": "best_of_n", "budget": 3, "set": 0, "seconds": 1.0, "results": [bon]},
-    ]  # fmt: skip
+        {"run": "greedy", "budget": 1, "set": 0, "seconds": 1.0, "results": [greedy]},
+        {"run": "best_of_n", "budget": 3, "set": 0, "seconds": 3.0, "results": [bon]},
+    ]
     rows = method_rows(cells, MainJobConfig(budgets=(1, 3), problem_sets=1))
     by = {(r["method"], r["budget"]): r for r in rows}
     assert by[("majority_vote", 3)]["accuracy"] == 0.0 and by[("prm_vote", 3)]["accuracy"] == 1.0
     assert by[("prm_best_of_n", 3)]["accuracy"] == 1.0
-    assert by[("majority_vote", 3)]["compute"] == 12 and by[("prm_vote", 3)]["compute"] == 17
+    assert by[("majority_vote", 3)]["compute"] == 10 + 5 and by[("prm_vote", 3)]["compute"] == 10 + 5 + 5
+    # budget 1: the three samples as three runs of one: each right once in three, each priced on its own
+    for method in ("majority_vote", "prm_vote", "prm_best_of_n"):
+        assert by[(method, 1)]["accuracy"] == pytest.approx(1 / 3)
+    assert by[("majority_vote", 1)]["compute"] == pytest.approx((4 + 4 + 5) / 3 + 2)
+    assert by[("prm_vote", 1)]["compute"] == pytest.approx((4 + 4 + 5) / 3 + 2 + 5 / 3)
+    assert by[("prm_vote", 1)]["seconds_per_problem"] == pytest.approx(1.0)  # a third of the run's 3 s
     ranking = candidate_ranking(cells, "min")
     assert ranking["budget"] == 3 and ranking["within_problem_pairs"] == 2
     assert ranking["within_problem_pair_accuracy"] == 1.0 and ranking["candidate_auc"] == 1.0
     gaps = {(g["method"], g["budget"]): g for g in equal_compute_gaps(rows)}
-    # majority's curve: (6, 0.0) and (12, 0.0); the PRM vote at 17 is beyond it -> compared with majority at 12
+    # majority's curve: (13/3 + 2, 1/3) and (15, 0.0); the PRM vote at 20 is beyond it -> compared at 15
     assert gaps[("prm_vote", 3)]["gap"] == 1.0 and gaps[("prm_vote", 3)]["beyond_majority_range"]
+
+
+def test_subset_results_split_samples_into_disjoint_groups_priced_on_their_own():
+    from experiments.main_job import subset_results
+
+    result = {
+        "generated_tokens": 20, "prompt_tokens": 7 + 4, "prm_tokens": 3 + 4 + 5,
+        "candidate_answers": ["1", "1", "2", "3"], "candidate_correct": [True, True, False, False],
+        "candidate_scores": [[0.1]] * 4, "candidate_terminated": [True] * 4,
+        "candidate_generated_tokens": [5, 5, 4, 6], "candidate_prompt_tokens": [1, 1, 1, 1],
+        "candidate_prm_tokens": [3, 3, 4, 5], "candidate_keys": ["x", "x", "y", "z"],
+    }  # fmt: skip
+    first, second = subset_results(result, 2)
+    assert first["candidate_answers"] == ["1", "1"] and second["candidate_answers"] == ["2", "3"]
+    # shared prompt (7) once per group; the two identical candidates of the first group are read once
+    assert (first["generated_tokens"], first["prompt_tokens"], first["prm_tokens"]) == (10, 9, 3)
+    assert (second["generated_tokens"], second["prompt_tokens"], second["prm_tokens"]) == (10, 9, 9)
+    assert first["pass_at_k"] and not second["pass_at_k"]
+    assert subset_results(result, 4) == [result] and len(subset_results(result, 3)) == 1
+
+
+def test_best_of_n_results_price_each_candidate(tiny):
+    import gymnasium as gym
+
+    import agents
+    import reasoning_gym  # noqa: F401
+    from agents.engines import HFEngine
+    from rewards.prm import CausalLMWithValueHead, ValueHeadPRM
+
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, prefix_cache_tokens=0)
+    prm = CountingPRM(ValueHeadPRM(CausalLMWithValueHead(model), tokenizer))
+    env = gym.make("openr/Arithmetic-v0", level=2)
+    agent = agents.BestOfN(engine, env, prm=prm, n=3, max_steps=2, max_new_tokens=4, temperature=1.0)
+    for r in agent.solve_many(env, [{"problem_id": "L2-1"}, {"problem_id": "L2-2"}]):
+        assert sum(r["candidate_generated_tokens"]) == r["generated_tokens"]
+        shared = r["prompt_tokens"] - sum(r["candidate_prompt_tokens"])
+        assert 0 < shared < r["prompt_tokens"]  # the problem's prompt, processed once for the three samples
+        assert sum(dict(zip(r["candidate_keys"], r["candidate_prm_tokens"])).values()) == r["prm_tokens"]
 
 
 # --- the whole pipeline ----------------------------------------------------------------------------------------

@@ -157,6 +157,13 @@ class SearchAgent(Agent):
             candidate_scores=[list(c.step_scores) for c in candidates],
             candidate_correct=[outcome_of(c.info) for c in candidates],
             candidate_terminated=[c.terminated for c in candidates],
+            # each candidate's own cost (its path below the root), to price a subset of independent samples
+            candidate_generated_tokens=[c.path_tokens for c in candidates],
+            candidate_prompt_tokens=[
+                sum(n.processed_prompt_tokens for n in c.path()[1:]) for c in candidates
+            ],
+            candidate_prm_tokens=[c.prm_tokens for c in candidates],
+            candidate_keys=[_candidate_key(c) for c in candidates],
         )
 
 
@@ -172,3 +179,10 @@ def choose_index(
     pool = [i for i, done in enumerate(terminated) if done] or list(range(len(answers)))
     picked = select(rule, [answers[i] for i in pool], [scores[i] for i in pool])
     return pool[picked]
+
+
+def _candidate_key(node: Node) -> str:
+    """A short identity of a candidate's steps (identical candidates share one PRM reading)."""
+    import hashlib
+
+    return hashlib.sha1("\x00".join(node.steps).encode()).hexdigest()[:12]

@@ -151,6 +151,7 @@ class Expander:
             ledger = self.ledgers[node.problem]
             ledger.generated_tokens += sum(len(c.token_ids) for c in group)
             ledger.prompt_tokens += group[0].prompt_tokens if group else 0
+            node.processed_prompt_tokens += group[0].prompt_tokens if group else 0
             full = self.count_prompt_tokens(prompt)
             ledger.full_prompt_tokens += full
             sent_before = node.parent.prompt_tokens if node.parent is not None else 0

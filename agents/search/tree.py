@@ -59,6 +59,10 @@ class Node:
     """One score per step along the path (the PRM's per-step scores, or the value used in their place)."""
     prompt_tokens: int = 0
     """Tokens of this node's prompt, once it has been sent to the engine (0 before)."""
+    processed_prompt_tokens: int = 0
+    """Prompt tokens the engine reported processing when this node was expanded (after prefix reuse; 0 before)."""
+    prm_tokens: int = 0
+    """Tokens the PRM / value model read to score this node (identical candidates share one reading)."""
     children: list[Node] = field(default_factory=list)
     visits: int = 0
     value_sum: float = 0.0

@@ -60,6 +60,8 @@ class PRMValue:
         if isinstance(read, list) and len(read) == len(keys):
             for key, tokens in zip(keys, read):
                 ledgers[groups[key][0].problem].prm_tokens += int(tokens)
+                for node in groups[key]:
+                    node.prm_tokens = int(tokens)
         for key, step_scores in zip(keys, scores):
             for node in groups[key]:
                 node.step_scores = [float(s) for s in step_scores]
