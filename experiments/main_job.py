@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -366,8 +367,7 @@ def search_runs(config: MainJobConfig) -> list[tuple[str, int]]:
     """(run, budget) pairs; greedy runs once, best-of-N once at the largest budget (smaller budgets are priced on
     disjoint groups of its samples, ``subset_results``)."""
     runs = [("greedy", 1), ("best_of_n", max(config.budgets))]
-    names = ["beam_search", "mcts"] + (["oreo_beam_search"] if config.oreo_steps > 0 else [])
-    for name in names:
+    for name in ("beam_search", "mcts"):
         runs += [(name, b) for b in config.budgets]
     return runs
 
@@ -421,10 +421,17 @@ def held_out_sets(config: MainJobConfig, env: Any, exclude: set[str]) -> list[li
 
 
 def build_search(
-    config: MainJobConfig, folder: Path, engine: Any, prm: Any, exclude: set[str], value: Any = None
+    config: MainJobConfig,
+    folder: Path,
+    engine: Any,
+    prm: Any,
+    exclude: set[str],
+    value: Any = None,
+    runs: Sequence[tuple[str, int]] | None = None,
+    desc: str = "stage 4/4 search",
 ) -> dict[str, Any]:
-    """Every (run, budget) on every held-out set; finished cells go to ``cells.jsonl`` at once, so an interrupted
-    build resumes where it stopped."""
+    """Every (run, budget) of ``runs`` (default: ``search_runs``) on every held-out set; finished cells go to
+    ``cells.jsonl`` at once, so an interrupted build resumes where it stopped."""
     import gymnasium as gym
 
     import reasoning_gym  # noqa: F401  (registers openr/*)
@@ -440,9 +447,9 @@ def build_search(
     done = set()
     if cells_path.is_file():
         done = {(cell["run"], cell["budget"], cell["set"]) for cell in read_trajectories(cells_path)}
-    runs = search_runs(config)
+    runs = search_runs(config) if runs is None else runs
     total = len(runs) * sum(len(s) for s in sets)
-    bar = _bar(config, total, "stage 4/4 search")
+    bar = _bar(config, total, desc)
     for run, budget in runs:
         for index, problems in enumerate(sets):
             if (run, budget, index) in done:
@@ -550,7 +557,7 @@ def method_rows(cells: Sequence[dict[str, Any]], config: MainJobConfig) -> list[
             flat = [g for cell_groups in groups for g in cell_groups]
 
             def mean(key: str, results: list[list[dict]] = flat) -> float:
-                return _per_problem(lambda r: float(r.get(key, 0)), results)
+                return _per_problem(lambda one: float(one.get(key, 0)), results)
 
             share = budget / ran
 
@@ -892,8 +899,22 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
         )
     }
     exclude = set(json.loads((labels.folder / "problem_ids.json").read_text()))
-    search_inputs = [policy_key, prm_stage.key]
-    if config.oreo_steps > 0:
+
+    def build(folder: Path) -> dict[str, Any]:
+        from rewards.prm import load_prm
+
+        prm = load_prm(
+            prm_stage.folder / prm_stage.summary["model"], dtype=_model_dtype(config), batch_size=32
+        )
+        return build_search(config, folder, engine(), prm, exclude)
+
+    search_key = {**env_identity, **search_config}
+    stages["search"] = cache.run("search", search_key, [policy_key, prm_stage.key], build)
+    report(stages["search"])
+    from wrappers.recorder import read_trajectories
+
+    cells = list(read_trajectories(stages["search"].folder / stages["search"].summary["cells"]))
+    if config.oreo_steps > 0:  # its own stages, so adding OREO to a finished job reuses the PRM search
         oreo_config = {"steps": config.oreo_steps, "batch_size": config.oreo_batch_size, "seed": config.seed}
         stages["oreo"] = cache.run(
             "oreo",
@@ -902,29 +923,21 @@ def run_pipeline(config: MainJobConfig) -> dict[str, Any]:
             lambda folder: build_oreo(config, folder, policy, labels.folder, labels.summary["instruction"]),
         )
         report(stages["oreo"])
-        search_inputs.append(stages["oreo"].key)
 
-    def build(folder: Path) -> dict[str, Any]:
-        import gymnasium as gym
+        def build_oreo_search(folder: Path) -> dict[str, Any]:
+            import gymnasium as gym
 
-        from rewards.prm import load_prm
-
-        prm = load_prm(
-            prm_stage.folder / prm_stage.summary["model"], dtype=_model_dtype(config), batch_size=32
-        )
-        value = None
-        if "oreo" in stages:
             probe = gym.make(config.env, **env_kwargs(config, config.levels))
             value = load_oreo_value(stages["oreo"], engine(), probe, _model_dtype(config))
             probe.close()
-        return build_search(config, folder, engine(), prm, exclude, value)
+            runs = [("oreo_beam_search", b) for b in config.budgets]
+            return build_search(config, folder, engine(), None, exclude, value, runs, "stage 4b OREO search")
 
-    stages["search"] = cache.run("search", {**env_identity, **search_config}, search_inputs, build)
-    search = stages["search"]
-    report(search)
-    from wrappers.recorder import read_trajectories
-
-    cells = list(read_trajectories(search.folder / search.summary["cells"]))
+        inputs = [policy_key, labels.key, stages["oreo"].key]
+        stages["oreo_search"] = cache.run("oreo_search", search_key, inputs, build_oreo_search)
+        report(stages["oreo_search"])
+        oreo_cells = stages["oreo_search"].folder / stages["oreo_search"].summary["cells"]
+        cells += list(read_trajectories(oreo_cells))
     return write_report(config, out, cells, stages, time.perf_counter() - started)
 
 
@@ -1011,6 +1024,9 @@ def write_report(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import tyro
 
+    # OpenMP workers that sleep instead of spin: with another process on one of the two cores, two spinning torch
+    # threads ran 12x slower here, two passive ones 1.3x. Set before torch starts its OpenMP runtime.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     config = tyro.cli(MainJobConfig, args=argv, description=__doc__.split("\n\n")[0])
     return run_pipeline(config)
 
