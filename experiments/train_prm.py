@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -275,7 +276,13 @@ def train(
         train_examples, eval_examples = _split(train_examples, config.eval_fraction, config.seed)
     if config.train_questions == "mixed":
         keep = mixed_questions(train_examples)
-        train_examples = [ex for ex in train_examples if ex.question in keep]
+        if keep:
+            train_examples = [ex for ex in train_examples if ex.question in keep]
+        else:  # e.g. a policy that is always right or always wrong: nothing to contrast, so no filter
+            warnings.warn(
+                "no training question has both right and wrong solutions: training on all of them",
+                stacklevel=2,
+            )
     if config.max_train_examples:
         train_examples = train_examples[: config.max_train_examples]
     if not train_examples:
