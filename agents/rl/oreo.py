@@ -13,7 +13,7 @@ updates the value model and the policy together (each with its own learning rate
 Iterative OREO (``collect_problems > 0``): every ``updates_per_collection`` updates, sample new trajectories from
 the current policy (written in the recorder's format when ``data_path`` is set) and train on them.
 At test time ``agent.value_scorer()`` guides ``BeamSearch`` / ``MCTS`` / ``BestOfN`` like a PRM
-(``agents.rl.oreo_search`` has OREO's own procedures).
+(``OREO.search_agent`` is OREO's own procedure: step-level beam search keeping the B best states by V).
 """
 
 from __future__ import annotations
