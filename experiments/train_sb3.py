@@ -88,7 +88,8 @@ class TrainSB3Config:
     random_episodes: int = 10
     """Episodes per held-out problem for the random baseline."""
     train_eval_problems: int = 96
-    """The learned selector is also evaluated on (at most) this many training problems, to show over-fitting."""
+    """The learned selector is also evaluated on (at most) this many training problems, to show over-fitting
+    (0: skipped, for slow envs)."""
     ppo_n_steps: int = 256
     """PPO: steps per env per update (one update = ``ppo_n_steps * n_envs`` steps, 10 epochs of minibatches of 256)."""
     speed_steps: int = 5_000
@@ -272,6 +273,8 @@ def evaluate_selector(
 
     rng = np.random.default_rng(seed)
     successes, returns = [], []
+    if not problem_ids:  # e.g. --train-eval-problems 0: nothing to play
+        return {"success": float("nan"), "return": float("nan"), "episodes": 0}
     for problem_id in problem_ids:
         for _ in range(episodes):
             observation, _ = env.reset(options={"problem_id": problem_id})
