@@ -4,10 +4,15 @@ Why: gymnasium decodes a ``Text`` shared-memory buffer into a tuple of ``str`` o
 ``AsyncVectorEnv`` (shared memory is its default) keeps returning that first, empty snapshot. ``StepText`` registers
 a reader that returns a live view decoding the buffer on access (and a real tuple when gymnasium copies it), using
 gymnasium's own single-dispatch extension points; everything else is plain ``Text``.
+
+A deep copy shares the character tables (immutable, ~65k characters) and copies only the random generator:
+gymnasium's ``batch_space`` deep-copies the space once per sub-env, and copying the tables took ~0.6 s each, so
+``gym.make_vec`` with 64 sub-envs spent 82 s there (75 % of a 128-episode GRPO collection, measured with cProfile).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +33,12 @@ class StepText(Text):
     def decode(self, indices: np.ndarray) -> str:
         """Characters for flattened indices (the padding index maps to the empty string)."""
         return "".join(self._char_array[np.minimum(indices, len(self.character_list))])
+
+    def __deepcopy__(self, memo: dict) -> StepText:
+        clone = copy.copy(self)  # the character tables are never mutated: shared
+        memo[id(self)] = clone
+        clone._np_random = copy.deepcopy(self._np_random, memo)
+        return clone
 
     def __repr__(self) -> str:
         return (

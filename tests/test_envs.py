@@ -370,3 +370,24 @@ def test_math_levels_must_be_integers(math500_path):
         gym.make("openr/MATH-v0", data_path=str(math500_path), levels=[1.7])
     env = gym.make("openr/MATH-v0", data_path=str(math500_path), levels=2)  # one level as a plain int
     assert {p.meta["level"] for p in env.unwrapped.source.problems} == {2}
+
+
+def test_step_text_deep_copy_shares_the_character_tables_and_not_the_rng():
+    """gymnasium's batch_space deep-copies the space per sub-env: the ~65k-character tables are shared (copying them
+    made a 64-env make_vec take 82 s), the random generator is each copy's own."""
+    import copy
+
+    from reasoning_gym.spaces import StepText
+
+    space = gym.make("openr/Arithmetic-v0").observation_space
+    assert isinstance(space, StepText)
+    space.seed(0)
+    clone = copy.deepcopy(space)
+    assert clone == space and clone is not space
+    assert clone.character_set is space.character_set and clone.character_list is space.character_list
+    assert clone.np_random is not space.np_random
+    assert clone.sample() == space.sample()  # same state copied, then independent
+    clone.sample()
+    assert clone.sample() != space.sample()
+    batched = gym.make_vec("openr/Arithmetic-v0", num_envs=4).single_observation_space
+    assert batched == space
