@@ -97,11 +97,8 @@ class _SlotExtractor(nn.Module):
         return self.forward_actor(features), self.forward_critic(features)
 
 
-class SlotScorerPolicy(ActorCriticPolicy):
-    """PPO / A2C policy: the action distribution is a softmax over the shared scorer's per-slot logits.
-
-    ``slot_features``: features per slot (``len(FEATURES)``); ``hidden``: width of the shared MLP.
-    """
+class _SlotArguments:
+    """The scorer's size arguments, shared by both policies (and saved with them, so ``load`` rebuilds the net)."""
 
     def __init__(
         self, *args: Any, slot_features: int = len(FEATURES), hidden: int = 64, **kwargs: Any
@@ -109,6 +106,18 @@ class SlotScorerPolicy(ActorCriticPolicy):
         self.slot_features = int(slot_features)
         self.slot_hidden = int(hidden)
         super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data.update(slot_features=self.slot_features, hidden=self.slot_hidden)
+        return data
+
+
+class SlotScorerPolicy(_SlotArguments, ActorCriticPolicy):
+    """PPO / A2C policy: the action distribution is a softmax over the shared scorer's per-slot logits.
+
+    ``slot_features``: features per slot (``len(FEATURES)``); ``hidden``: width of the shared MLP.
+    """
 
     def _build_mlp_extractor(self) -> None:
         self.mlp_extractor = _SlotExtractor(int(self.action_space.n), self.slot_features, self.slot_hidden)
@@ -120,28 +129,11 @@ class SlotScorerPolicy(ActorCriticPolicy):
         nn.init.orthogonal_(self.mlp_extractor.actor.head.weight, gain=0.01)  # start near uniform choice
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(slot_features=self.slot_features, hidden=self.slot_hidden)
-        return data
 
-
-class SlotQPolicy(DQNPolicy):
+class SlotQPolicy(_SlotArguments, DQNPolicy):
     """DQN policy: Q(s, slot) from the shared scorer (padding slots masked), for the online and target nets."""
-
-    def __init__(
-        self, *args: Any, slot_features: int = len(FEATURES), hidden: int = 64, **kwargs: Any
-    ) -> None:
-        self.slot_features = int(slot_features)
-        self.slot_hidden = int(hidden)
-        super().__init__(*args, **kwargs)
 
     def make_q_net(self) -> QNetwork:
         q_net = super().make_q_net()
         q_net.q_net = SlotScorer(self.slot_features, self.slot_hidden)
         return q_net.to(self.device)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(slot_features=self.slot_features, hidden=self.slot_hidden)
-        return data
