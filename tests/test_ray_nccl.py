@@ -46,26 +46,31 @@ def test_the_client_sends_every_control_call_to_every_actor():
     calls = []
     fake_ray = FakeRay()
     client = ActorsSyncClient(
-        fake_ray, ["a0", "a1"], 1, 30.0, lambda actor, method, kwargs: calls.append((actor, method, kwargs))
+        fake_ray,
+        ["a0", "a1"],
+        1,
+        30.0,
+        lambda actor, method, kwargs, version: calls.append((actor, method, kwargs, version)),
     )
     client.init_weight_transfer_engine(
         {"master_address": "h", "master_port": 1, "world_size": 3, "rank_offset": 1}
     )
-    assert [(a, m, k["init_info"]["rank_offset"]) for a, m, k in calls] == [
+    assert [(a, m, k["init_info"]["rank_offset"]) for a, m, k, _ in calls] == [
         ("a0", "init_weight_transfer_engine", 1),
         ("a1", "init_weight_transfer_engine", 2),
     ]
     calls.clear()
+    client.version = 7
     client.start_weight_update()
     client.update_weights({"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2]]})
     client.finish_weight_update()
-    assert [(a, m) for a, m, _ in calls] == [
-        ("a0", "start_weight_update"),
-        ("a1", "start_weight_update"),
-        ("a0", "update_weights"),
-        ("a1", "update_weights"),
-        ("a0", "finish_weight_update"),
-        ("a1", "finish_weight_update"),
+    assert [(a, m, v) for a, m, _, v in calls] == [  # only a finished round marks the actors' version
+        ("a0", "start_weight_update", None),
+        ("a1", "start_weight_update", None),
+        ("a0", "update_weights", None),
+        ("a1", "update_weights", None),
+        ("a0", "finish_weight_update", 7),
+        ("a1", "finish_weight_update", 7),
     ]
     assert calls[2][2] == {"update_info": {"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2]]}}
     assert fake_ray.timeouts == [30.0] * 4  # every control call waits with the time limit

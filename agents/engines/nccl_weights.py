@@ -36,8 +36,9 @@ def worker_init_infos(
 
 
 class ActorsSyncClient:
-    """vLLM's ``VLLMWeightSyncClient`` over engine actors: ``call(actor, method, kwargs)`` returns a Ray ref for
-    ``EngineActor.weight_transfer(method, kwargs)``; every control call waits for all actors (with a time limit)."""
+    """vLLM's ``VLLMWeightSyncClient`` over engine actors: ``call(actor, method, kwargs, version)`` returns a Ray ref
+    for ``EngineActor.weight_transfer(method, kwargs, version)``; every control call waits for all actors (with a
+    time limit). ``version`` (set by the engine before each round) is what the actors record once it finishes."""
 
     def __init__(
         self, ray: Any, actors: Sequence[Any], gpus_per_actor: int, timeout: float, call: Callable[..., Any]
@@ -47,10 +48,13 @@ class ActorsSyncClient:
         self.gpus_per_actor = gpus_per_actor
         self.timeout = timeout
         self.call = call
+        self.version: int | None = None
 
-    def _all(self, method: str, kwargs: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
+    def _all(
+        self, method: str, kwargs: Sequence[dict[str, Any]] | dict[str, Any], version: int | None = None
+    ) -> None:
         per_actor = kwargs if isinstance(kwargs, list) else [kwargs] * len(self.actors)
-        refs = [self.call(actor, method, args) for actor, args in zip(self.actors, per_actor)]
+        refs = [self.call(actor, method, args, version) for actor, args in zip(self.actors, per_actor)]
         self.ray.get(refs, timeout=self.timeout)
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
@@ -64,7 +68,7 @@ class ActorsSyncClient:
         self._all("update_weights", {"update_info": update_info})
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self._all("finish_weight_update", {})
+        self._all("finish_weight_update", {}, self.version)
 
 
 def _free_port() -> int:
@@ -106,6 +110,7 @@ class NCCLWeightSender:
         import torch
 
         self.model = model
+        self.client = client
         self.device = next(iter(model.state_dict().values())).device
         if self.device.type != "cuda":
             raise ValueError(f"NCCL weight transfer sends from a CUDA device; the model is on {self.device}")
@@ -122,9 +127,11 @@ class NCCLWeightSender:
                 info, client=client, source=_CurrentModel()
             )
 
-    def send(self, model: Any) -> None:
-        """Broadcast ``model``'s weights to every actor (start, concurrent receive + broadcast, finish)."""
+    def send(self, model: Any, version: int | None = None) -> None:
+        """Broadcast ``model``'s weights to every actor (start, concurrent receive + broadcast, finish); the actors
+        record ``version`` once the round has finished."""
         self.model = model
+        self.client.version = version
         with self._on_device():
             self.engine.send_weights()
 

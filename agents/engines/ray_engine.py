@@ -578,20 +578,17 @@ class RayEngine(TokenizerPrompts):
             self._version += 1
             self._weights = None  # nothing to catch up from: the actors get these weights from the broadcast
             self.router.clear()
-        version = self._version
-
-        def call(actor: Any, method: str, kwargs: dict[str, Any]) -> Any:
-            mark = version if method == "finish_weight_update" else None
-            return actor.weight_transfer.remote(method, kwargs, mark)
-
         if self._nccl is None:
             client = ActorsSyncClient(
-                self._ray, self.actors, int(self.gpus_per_actor), self.request_timeout, call
+                self._ray,
+                self.actors,
+                int(self.gpus_per_actor),
+                self.request_timeout,
+                lambda actor, method, kwargs, version: actor.weight_transfer.remote(method, kwargs, version),
             )
             tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
             self._nccl = NCCLWeightSender(client, model, tied_head=tied)
-        self._nccl.engine.client.call = call
-        self._nccl.send(model)
+        self._nccl.send(model, self._version)
 
     def reset_prefix_cache(self) -> None:
         """Clear every actor's prefix cache (benchmarks time cold prompts with it)."""
