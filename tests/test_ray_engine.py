@@ -20,7 +20,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from agents.engines import HFEngine, RayEngine  # noqa: E402
-from agents.engines.ray_engine import RayEngineError  # noqa: E402
+from agents.engines.ray_engine import RayEngineError, connect  # noqa: E402
 from agents.engines.testing import byte_level_tokenizer, tiny_model  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_torch_thread")]
@@ -31,13 +31,7 @@ PROMPTS = [f"Problem {i}: what is {i} plus {2 * i}?" for i in range(8)]
 @pytest.fixture(scope="module")
 def ray_instance():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
+    connect("local", num_cpus=2, log_to_driver=False)  # a private instance on 127.0.0.1, no dashboard
     yield ray
     ray.shutdown()
 

@@ -99,11 +99,12 @@ def test_nccl_weights_reach_every_vllm_actor(tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs: the trainer's and the vLLM actor's")
     from agents.engines import HFEngine, RayEngine
+    from agents.engines.ray_engine import connect
     from agents.engines.testing import save_tiny_model, tiny_model
 
     folder = save_tiny_model(tmp_path / "model", seed=0)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_gpus=1, include_dashboard=False, log_to_driver=False)
+    connect("local", num_gpus=1, log_to_driver=False)
     try:
         with RayEngine(
             str(folder),

@@ -11,6 +11,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("vllm")
 
 from agents.engines import HFEngine, RayEngine  # noqa: E402
+from agents.engines.ray_engine import connect  # noqa: E402
 from agents.engines.testing import save_tiny_model, tiny_model  # noqa: E402
 
 pytestmark = [
@@ -24,13 +25,7 @@ pytestmark = [
 def test_vllm_actors_serve_the_trainers_weights(tmp_path):
     folder = save_tiny_model(tmp_path / "model", seed=0)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
+    connect("local", num_cpus=2, log_to_driver=False)  # a private instance on 127.0.0.1, no dashboard
     try:
         vllm_kwargs = {
             "dtype": "float32",
