@@ -45,7 +45,7 @@ def grpo_token_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DeepSeekMath eq. 3, per token, negated: -min(r A, clip(r) A) + beta * KL_k3 (eq. 4). The sum over tokens
     and sequences is ``config.loss_aggregation`` (``losses.aggregate_token_loss``)."""
-    policy_loss, _ = clipped_policy_loss(logprobs, old_logprobs, advantages, clip_range)
+    policy_loss = clipped_policy_loss(logprobs, old_logprobs, advantages, clip_range)
     kl = k3_kl(logprobs, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
     loss = policy_loss + kl_coef * kl
     return loss, {"policy_loss": policy_loss, "kl": kl}

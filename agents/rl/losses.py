@@ -144,18 +144,17 @@ def clipped_policy_loss(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     clip_range: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), per token, negated to be a loss.
 
-    L = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(logp - logp_old).
-    Returns (per-token loss, per-token 0/1 "ratio outside [1 - eps, 1 + eps]" indicator: its mean is SB3's and
-    CleanRL's ``clip_fraction``). GRPO (DeepSeekMath eq. 3) uses the same term with group-normalised advantages.
+    L = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(logp - logp_old). GRPO (DeepSeekMath eq. 3)
+    uses the same term with group-normalised advantages; ``clip_fraction`` is the logged statistic.
     """
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped_objective = ratio * advantages
     clipped_objective = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
     loss = -torch.minimum(unclipped_objective, clipped_objective)
-    return loss, clip_fraction(logprobs.detach(), old_logprobs, clip_range)
+    return loss
 
 
 def clip_fraction(logprobs: torch.Tensor, old_logprobs: torch.Tensor, clip_range: float) -> torch.Tensor:

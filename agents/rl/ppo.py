@@ -71,7 +71,7 @@ def ppo_token_loss(
     vf_coef: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per token: clipped surrogate (PPO eq. 7, negated) + vf_coef * clipped value loss."""
-    policy_loss, _ = clipped_policy_loss(logprobs, old_logprobs, advantages, clip_range)
+    policy_loss = clipped_policy_loss(logprobs, old_logprobs, advantages, clip_range)
     value_loss = clipped_value_loss(values, old_values, returns, value_clip_range)
     loss = policy_loss + vf_coef * value_loss
     return loss, {"policy_loss": policy_loss, "value_loss": value_loss}
