@@ -7,7 +7,7 @@ Each implementation runs in its own subprocess (so peak RSS is its own) with the
 
 Same work on both sides: SmolLM2-135M-Instruct (fp32 master weights, bf16 autocast where the CPU runs bf16 natively, else fp32), the same ``--prompts``
 Arithmetic problems per update (levels 1-2, drawn from the same seeds), ``--generations`` samples each at
-temperature 1.0 with at most ``--max-tokens`` new tokens, reward 1/0 from ``rewards.MathJudger``, beta = 0 (no
+temperature ``--temperature`` (1.0) with at most ``--max-tokens`` new tokens, reward 1/0 from ``rewards.MathJudger``, beta = 0 (no
 reference model), one optimizer step per update, learning rate 1e-6. openr-gym samples the whole solution in one
 engine call (``rollout_mode="episode"``) and feeds it to the env step by step; TRL keeps its defaults otherwise
 (its loss "dapo", gradient checkpointing on). Reported: median seconds per update over updates 2..N (update 1
@@ -124,7 +124,7 @@ def run_openr(args: RLBenchConfig, skip_zero: bool = True, algorithm: str = "grp
         group_size=args.generations,
         max_new_tokens=args.max_tokens,
         rollout_mode="episode",
-        temperature=1.0,
+        temperature=args.temperature,
         learning_rate=1e-6,
         micro_batch_size=args.micro_batch_size,
         max_response_tokens=args.max_tokens + 8,
@@ -228,7 +228,7 @@ def run_trl(args: RLBenchConfig) -> dict[str, Any]:
             per_device_train_batch_size=args.prompts * args.generations,
             num_generations=args.generations,
             max_completion_length=args.max_tokens,
-            temperature=1.0,
+            temperature=args.temperature,
             learning_rate=1e-6,
             beta=0.0,
             max_steps=args.steps,
@@ -279,6 +279,8 @@ def child_command(impl: str, args: RLBenchConfig) -> list[str]:
         str(args.generations),
         "--max-tokens",
         str(args.max_tokens),
+        "--temperature",
+        str(args.temperature),
         "--threads",
         str(args.threads),
         "--seed",
@@ -363,6 +365,9 @@ class RLBenchConfig:
     """Samples per problem (the group size)."""
     max_tokens: int = 128
     """New tokens per completion."""
+    temperature: float = 1.0
+    """Sampling temperature on every side (an SFT warm-start is nearly deterministic at 1.0, so few groups are
+    mixed and OREAL, which trains on mixed groups only, has little to train on; the RL runs of docs/rl.md use 1.3)."""
     threads: int = 1
     """Torch threads for both (1 avoids OpenMP spin-wait collapse on a shared machine)."""
     seed: int = 0

@@ -18,14 +18,27 @@ from experiments.bench_rl import (
 
 def test_child_command_passes_init_and_levels_to_every_child(tmp_path):
     (tmp_path / "policy").mkdir()
-    args = parse_args(["--impl", "learners", "--init", str(tmp_path), "--levels", "2", "--steps", "3"])
+    args = parse_args(
+        [
+            "--impl",
+            "learners",
+            "--init",
+            str(tmp_path),
+            "--levels",
+            "2",
+            "--steps",
+            "3",
+            "--temperature",
+            "1.3",
+        ]
+    )
     for impl in implementations(args):
         command = child_command(impl, args)
         assert command[command.index("--impl") + 1] == impl
         child = parse_args(command[command.index("experiments.bench_rl") + 1 :])
         shared = {k: v for k, v in asdict(args).items() if k != "impl"}
         assert {k: v for k, v in asdict(child).items() if k != "impl"} == shared
-        assert child.init == str(tmp_path) and child.levels == (2,)
+        assert child.init == str(tmp_path) and child.levels == (2,) and child.temperature == 1.3
 
 
 def test_child_command_without_init_has_no_init_flag():
