@@ -322,3 +322,118 @@ def test_failure_stage_and_auc_known_answers():
     assert summary == {"lost": 1, "furthest_milestone": {"none": 1}, "ended_in_loop": 1}
     assert auc([0.9, 0.5], [0.1, 0.5]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
     assert auc([0.3], []) is None
+
+
+def test_chat_episode_is_one_row_with_the_sft_mask(expert_run, tiny):
+    """The rollout layout of a multi-turn game (one engine call per turn, each prompt extending the last) is one
+    row whose targets are exactly the tokens SFT trains on the same chat: the commands and their end-of-turn
+    tokens; the game's replies sit in the row as context (``targets`` 0)."""
+    from agents.engines.prompting import encode_prompt, render_prompt
+    from agents.rl.oreo_data import conversation_row, load_trajectories
+    from agents.rl.rollout import Episode, Segment, episode_rows, make_rollout_batch
+
+    out, _ = expert_run
+    tokenizer = tiny[1]
+    conversation = load_trajectories(out / "train.jsonl")[0].conversation
+    episode = Episode("q", "", "p")
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for turn, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        prompt = encode_prompt(tokenizer, render_prompt(tokenizer, conversation[:turn]))
+        sampled = tokenizer(message["content"], add_special_tokens=False)["input_ids"] + [end_of_turn]
+        episode.segments.append(Segment(prompt, sampled, [-0.5] * len(sampled), [len(sampled) - 1]))
+        episode.step_rewards.append(0.0)
+    rows = episode_rows(episode, max_response_tokens=4096)
+    assert len(rows) == 1
+    row, sft = rows[0], conversation_row(tokenizer, conversation, "step", 4096)
+    assert row.prompt_ids == sft.context
+    assert row.response_ids == sft.response[: len(row.response_ids)]
+    assert row.targets == sft.action[: len(row.response_ids)] and sum(row.targets) == sum(sft.action)
+    batch = make_rollout_batch([episode], int(tokenizer.pad_token_id or 0), 4096)
+    assert batch.tokens.response_mask.sum() == sum(len(s.response_ids) for s in episode.segments)
+    assert batch.episode_mask.tolist()[0] == [float(t) for t in row.targets]
+    assert batch.sampled_logprobs[0][batch.tokens.response_mask[0] == 1].eq(-0.5).all()
+    # values laid out per episode come back on the target tokens only
+    spread = batch.per_episode([2.0])
+    assert spread[0].tolist() == [2.0 * t for t in row.targets]
+
+
+def test_grpo_plays_alfworld_games_as_a_chat_and_trains_only_commands(tiny):
+    """GRPO's own rollouts on real generated games: one engine call per turn for the wave, the chat view, every
+    trained token one the engine sampled (never the game's text), and an update that moves the policy towards
+    the better episode of a group."""
+    import copy
+
+    import torch
+
+    from agents.engines import HFEngine
+    from agents.game_chat import ChatGameAdapter
+    from agents.rl.grpo import GRPO, GRPOConfig
+
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    engine = HFEngine(model, tokenizer)
+    config = GRPOConfig(
+        prompts_per_update=1,
+        group_size=2,
+        max_steps=3,
+        max_new_tokens=6,
+        kl_coef=0.0,
+        learning_rate=5e-3,
+        max_response_tokens=2048,
+        autocast="off",
+        verbose=0,
+        log_formats=(),
+        seed=0,
+    )
+    agent = GRPO(engine, "openr/ALFWorld-v0", config, env_kwargs={"source": "generated", "num_games": 4})
+    calls = engine.stats.calls
+    episodes = agent.collect(1, 2)
+    assert engine.stats.calls - calls == 3  # one call per turn for both games of the group
+    adapter = agent.adapter(agent._train_vec_env.envs[0])
+    assert isinstance(adapter, ChatGameAdapter)
+    assert episodes[0].problem_id == episodes[1].problem_id and all(len(e.segments) == 3 for e in episodes)
+    rollout = agent.tokenize(episodes)
+    for index, episode in enumerate(episodes):
+        rows = [r for r, e in enumerate(rollout.row_episode) if e == index]
+        trained = [
+            int(token)
+            for r in rows
+            for token, on in zip(
+                rollout.tokens.input_ids[r][rollout.tokens.response_positions[r] + 1],
+                rollout.tokens.response_mask[r],
+            )
+            if on
+        ]
+        assert trained == [t for s in episode.segments for t in s.response_ids]
+    first = episodes[0].segments[0].prompt_ids
+    assert tokenizer.decode(first).count("<|im_start|>user") == 1 and "Your task is to:" in tokenizer.decode(
+        first
+    )
+
+    # the tiny model wins nothing: a fake outcome (test only) makes the first episode of the group the better one
+    episodes[0].step_rewards[-1] = 1.0
+    rollout = agent.tokenize(episodes)
+    prepared = agent.prepare(rollout)
+    advantages = prepared.tensors["advantages"]
+    assert bool(((advantages != 0) <= (rollout.tokens.response_mask > 0)).all())
+
+    def mean_logprob(episode_index: int) -> float:
+        out = agent.no_grad_forward(rollout.tokens)
+        rows = [r for r, e in enumerate(rollout.row_episode) if e == episode_index]
+        mask = rollout.tokens.response_mask[rows]
+        return float((out.logprobs[rows] * mask).sum() / mask.sum())
+
+    before = [mean_logprob(0), mean_logprob(1)]
+    rows = list(range(len(rollout)))
+    agent.model.train()
+    for _ in range(3):
+        agent.optimise(
+            rollout,
+            rows,
+            {**prepared.tensors, "old_logprobs": agent.no_grad_forward(rollout.tokens).logprobs},
+        )
+    after = [mean_logprob(0), mean_logprob(1)]
+    assert after[0] > before[0] and after[1] < before[1]
+    assert torch.isfinite(torch.tensor(after)).all()

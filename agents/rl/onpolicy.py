@@ -198,6 +198,7 @@ class OnPolicyAgent(TrainableAgent):
         metrics = {**self.last_rollout_stats, **prepared.metrics}
         informative = prepared.informative.tolist()
         metrics["train/zero_advantage_fraction"] = 1.0 - sum(informative) / max(len(informative), 1)
+        metrics["train/rows_per_episode"] = len(rollout) / max(len(episodes), 1)  # 1: whole chats in one row
         if prepared.trainable is not None:
             rows = prepared.trainable.nonzero().view(-1).tolist()
         else:

@@ -141,7 +141,7 @@ class PPO(OnPolicyAgent):
         if cfg.kl_coef > 0:  # the reference's log-probs enter the reward (and are not computed again)
             tensors["ref_logprobs"] = self.reference_logprobs(rollout.tokens)
             kl_penalty = (old.logprobs - tensors["ref_logprobs"]) * mask
-        episode_advantages, episode_returns = gae_advantages(
+        episode_advantages, episode_returns = _gae_over_targets(
             rewards - cfg.kl_coef * rollout.to_episodes(kl_penalty),
             rollout.to_episodes(old_values),
             episode_mask,
@@ -179,3 +179,24 @@ class PPO(OnPolicyAgent):
             cfg.value_clip_range,
             cfg.vf_coef,
         )
+
+
+def _gae_over_targets(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over each episode's target tokens only: a multi-turn chat's context tokens (the game's replies, mask
+    0 inside the episode) are skipped rather than read as the episode's end."""
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):  # a hole: compact the targets, run GAE, scatter back
+        width = int(mask.sum(1).max())
+        packed = [torch.zeros((len(mask), width)) for _ in range(3)]
+        where = [mask[row].nonzero().view(-1) for row in range(len(mask))]
+        for row, index in enumerate(where):
+            for tensor, source in zip(packed, (rewards, values, mask)):
+                tensor[row, : len(index)] = source[row, index].to(tensor.dtype)
+        advantages, returns = gae_advantages(packed[0], packed[1], packed[2], gamma, lam)
+        out_advantages, out_returns = torch.zeros_like(rewards), torch.zeros_like(rewards)
+        for row, index in enumerate(where):
+            out_advantages[row, index] = advantages[row, : len(index)].to(rewards.dtype)
+            out_returns[row, index] = returns[row, : len(index)].to(rewards.dtype)
+        return out_advantages, out_returns
+    return gae_advantages(rewards, values, mask, gamma, lam)

@@ -151,14 +151,25 @@ def collect_episodes(
     ``max_new_tokens`` is per step in ``"step"`` mode and for the whole solution in ``"episode"`` mode.
     Sub-envs that finish early are stepped with empty actions (ignored) until all are done, so any Gymnasium
     vector env with the default next-step autoreset works.
+
+    A chat adapter (one with ``start``, e.g. ``agents.game_chat.ChatGameAdapter``) plays a text game as a
+    multi-turn chat: the first observation is the opening user turn, each command an assistant turn, each of the
+    game's replies the next user turn (``info["chat"]`` carries it to ``adapter.prompt``). A turn's prompt then
+    extends the last one, so ``episode_rows`` makes the whole game one row whose replies are context, not targets.
     """
     if mode not in ("step", "episode"):
         raise ValueError(f"mode must be 'step' or 'episode', got {mode!r}")
+    chat_view = callable(getattr(adapter, "start", None))
+    if chat_view and mode != "step":
+        raise ValueError("a multi-turn chat is played one engine call per turn: use mode='step'")
     num_envs = vec_env.num_envs
     if len(reset_seeds) != num_envs:
         raise ValueError(f"need one reset seed per sub-env ({num_envs}), got {len(reset_seeds)}")
-    _, infos = vec_env.reset(seed=[int(s) for s in reset_seeds])
+    observations, infos = vec_env.reset(seed=[int(s) for s in reset_seeds])
     first = [_info_at(infos, i) for i in range(num_envs)]
+    chats = [adapter.start(str(observations[i]), first[i]) for i in range(num_envs)] if chat_view else []
+    for info, chat in zip(first, chats):
+        info["chat"] = chat
     episodes = [
         Episode(
             question=adapter.question(info),
@@ -215,6 +226,13 @@ def collect_episodes(
         _, rewards, terminated, truncated, infos = vec_env.step(tuple(actions))
         for i in indices:
             info = _info_at(infos, i)
+            if chat_view:
+                sampled = episodes[i].segments[-1].response_ids
+                chats[i].add(
+                    actions[i], str(info.get("feedback", "")), info.get("admissible_commands", []), sampled
+                )
+                chats[i].invalid += int(bool(info.get("invalid")))
+                info["chat"] = chats[i]
             episode = episodes[i]
             episode.steps = [str(s) for s in info.get("steps", episode.steps)]
             episode.step_rewards.append(float(rewards[i]))
@@ -262,26 +280,38 @@ class TokenizedEpisode:
     logprobs: list[float] = field(default_factory=list)
     episode: int = 0
     """Index of the episode the row belongs to (an episode may need several rows, see ``episode_rows``)."""
+    targets: list[int] | None = None
+    """Per response token, 1 if the policy wrote it (a training target), 0 for context inside the response (a
+    text game's reply between two of the policy's turns); None: every token is a target."""
+
+    def target_mask(self) -> list[int]:
+        return list(self.targets) if self.targets is not None else [1] * len(self.response_ids)
 
 
 def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 512) -> list[TokenizedEpisode]:
     """The training rows of an episode, built from the ids the engine sampled (token in, token out).
 
-    Consecutive engine calls share a row when the next call's prompt is exactly this row's prompt + response
-    (the usual case: the next step's prompt re-encodes to the ids just sampled); otherwise the next call starts a
-    new row with its own prompt, so every response token is conditioned on the ids the engine conditioned it on.
-    Each row's response is cut to ``max_response_tokens``.
+    Consecutive engine calls share a row when the next call's prompt is this row's prompt + response (the usual
+    case: the next step's prompt re-encodes to the ids just sampled), possibly followed by more context: in a
+    multi-turn chat (``agents.game_chat``) the game's reply and the turn markers come between two commands; they
+    join the row's response as non-target tokens (``targets`` 0: context, never trained on), so a whole game is
+    one sequence. Otherwise the next call starts a new row with its own prompt, so every response token is
+    conditioned on the ids the engine conditioned it on. Each row's response is cut to ``max_response_tokens``.
     """
     rows: list[TokenizedEpisode] = []
     for segment in episode.segments:
         if not segment.response_ids:
             continue
         last = rows[-1] if rows else None
-        if last is not None and last.prompt_ids + last.response_ids == segment.prompt_ids:
-            offset = len(last.response_ids)
-            last.response_ids += segment.response_ids
-            last.logprobs += segment.logprobs
+        joined = last.prompt_ids + last.response_ids if last is not None else []
+        if last is not None and segment.prompt_ids[: len(joined)] == joined:
+            gap = list(segment.prompt_ids[len(joined) :])
+            targets = last.target_mask() + [0] * len(gap) + [1] * len(segment.response_ids)
+            offset = len(last.response_ids) + len(gap)
+            last.response_ids += gap + segment.response_ids
+            last.logprobs += [0.0] * len(gap) + segment.logprobs
             last.step_ends += [offset + end for end in segment.step_ends]
+            last.targets = None if all(targets) else targets
         else:
             rows.append(
                 TokenizedEpisode(
@@ -295,6 +325,8 @@ def episode_rows(episode: Episode, index: int = 0, max_response_tokens: int = 51
     for row in rows:
         row.response_ids = row.response_ids[:max_response_tokens]
         row.logprobs = row.logprobs[:max_response_tokens]
+        if row.targets is not None:
+            row.targets = row.targets[:max_response_tokens]
         row.step_ends = [min(end, len(row.response_ids) - 1) for end in row.step_ends]
     return rows
 
@@ -351,7 +383,8 @@ class TokenBatch:
 
     ``input_ids`` / ``attention_mask``: ``(B, L)``. ``response_positions``: ``(B, R)`` column in the model's
     shifted log-prob output (``token_logprobs`` index ``t`` predicts token ``t + 1``) of each response token;
-    ``response_mask``: ``(B, R)`` 1 on real response tokens.
+    ``response_mask``: ``(B, R)`` 1 on the response tokens that are targets (0 on padding and on context inside
+    a multi-turn response, see ``TokenizedEpisode.targets``).
     """
 
     input_ids: torch.Tensor
@@ -396,7 +429,7 @@ def make_token_batch(items: Sequence[TokenizedEpisode], pad_token_id: int) -> To
         attention_mask[row, : len(sequence)] = 1
         count = len(item.response_ids)
         positions[row, :count] = torch.arange(len(item.prompt_ids) - 1, len(item.prompt_ids) - 1 + count)
-        mask[row, :count] = 1.0
+        mask[row, :count] = torch.tensor(item.target_mask(), dtype=torch.float32)
     return TokenBatch(input_ids, attention_mask, positions, mask)
 
 
@@ -418,27 +451,33 @@ class RolloutBatch:
     episode_mask: torch.Tensor
     sampled_logprobs: torch.Tensor
     """``(B, R)`` the engine's sampling log-probs of the response tokens (0 on padding)."""
+    row_lengths: list[int] = field(default_factory=list)
+    """Response tokens of each row, targets or not (``response_mask`` has holes in a multi-turn chat)."""
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def _row_length(self, row: int) -> int:
+        if self.row_lengths:
+            return self.row_lengths[row]
+        return int(self.tokens.response_mask[row].sum())
 
     def to_rows(self, values: torch.Tensor) -> torch.Tensor:
         """``(E, T)`` episode-layout values -> ``(B, R)`` row layout (0 on padding)."""
         mask = self.tokens.response_mask
         out = torch.zeros(mask.shape, dtype=values.dtype)
         for row, (episode, offset) in enumerate(zip(self.row_episode, self.row_offset)):
-            count = int(mask[row].sum())
+            count = self._row_length(row)
             out[row, :count] = values[episode, offset : offset + count]
-        return out
+        return out * mask
 
     def to_episodes(self, values: torch.Tensor) -> torch.Tensor:
         """``(B, R)`` row-layout values -> ``(E, T)`` episode layout."""
         out = torch.zeros(self.episode_mask.shape, dtype=values.dtype)
-        mask = self.tokens.response_mask
         for row, (episode, offset) in enumerate(zip(self.row_episode, self.row_offset)):
-            count = int(mask[row].sum())
+            count = self._row_length(row)
             out[episode, offset : offset + count] = values[row, :count]
-        return out
+        return out * self.episode_mask
 
     def per_episode(self, values: Sequence[float] | torch.Tensor) -> torch.Tensor:
         """``(B, R)``: every response token gets its episode's value."""
@@ -484,8 +523,10 @@ def make_rollout_batch(
         step_ends[row.episode] += [lengths[row.episode] + end for end in row.step_ends]
         lengths[row.episode] += len(row.response_ids)
     episode_mask = torch.zeros((len(episodes), max(lengths, default=1)))
-    for index, length in enumerate(lengths):
-        episode_mask[index, :length] = 1.0
+    for row, offset in zip(rows, offsets):
+        episode_mask[row.episode, offset : offset + len(row.response_ids)] = torch.tensor(
+            row.target_mask(), dtype=torch.float32
+        )
     sampled = torch.zeros(tokens.response_mask.shape)
     for index, row in enumerate(rows):
         sampled[index, : len(row.logprobs)] = torch.tensor(row.logprobs, dtype=torch.float32)
@@ -497,4 +538,5 @@ def make_rollout_batch(
         step_ends,
         episode_mask,
         sampled,
+        [len(row.response_ids) for row in rows],
     )

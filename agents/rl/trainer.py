@@ -291,6 +291,20 @@ class TrainableAgent(Agent):
             return
         update(_MergedWeights(self.model) if self.config.lora_r > 0 else self.model)
 
+    def adapter(self, env: Any) -> Any:
+        """The agent's adapter, with text games (ALFWorld) seen as a multi-turn chat (``agents.game_chat``): the
+        view the SFT / OREO data and ``experiments/eval_alfworld.py`` use, so the trainers' own rollouts (GRPO,
+        PPO, OREAL, evaluation) match it and train only the commands, never the game's text."""
+        from agents.adapters import TextGameAdapter
+        from agents.game_chat import ChatGameAdapter
+
+        adapter = super().adapter(env)
+        if type(adapter) is TextGameAdapter:
+            chat = ChatGameAdapter.from_env(env)
+            chat.instruction = adapter.instruction
+            return chat
+        return adapter
+
     def vec_env(self, num_envs: int, env: Any = None) -> Any:
         env = env if env is not None else self.env
         if env is None:
