@@ -391,6 +391,8 @@ def test_grpo_plays_alfworld_games_as_a_chat_and_trains_only_commands(tiny):
     calls = engine.stats.calls
     episodes = agent.collect(1, 2)
     assert engine.stats.calls - calls == 3  # one call per turn for both games of the group
+    stats = agent.last_rollout_stats  # where the rollout time went: the engine (LLM) and the game engine
+    assert stats["time/rollout_engine_seconds"] > 0 and stats["time/rollout_env_seconds"] > 0
     adapter = agent.adapter(agent._train_vec_env.envs[0])
     assert isinstance(adapter, ChatGameAdapter)
     assert episodes[0].problem_id == episodes[1].problem_id and all(len(e.segments) == 3 for e in episodes)

@@ -17,6 +17,7 @@ SkyRL #123, veRL #6719). Text is tokenised only for text data (``episode_to_toke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,10 +146,12 @@ def collect_episodes(
     top_p: float = 1.0,
     seed: int | None = None,
     mode: str = "step",
+    timings: dict[str, float] | None = None,
 ) -> list[Episode]:
     """Run one episode in each sub-env of ``vec_env`` (reset with ``reset_seeds``) and return them in order.
 
     ``max_new_tokens`` is per step in ``"step"`` mode and for the whole solution in ``"episode"`` mode.
+    ``timings`` (if given) accumulates seconds in the ``engine`` (generation) and the ``env`` (reset and step).
     Sub-envs that finish early are stepped with empty actions (ignored) until all are done, so any Gymnasium
     vector env with the default next-step autoreset works.
 
@@ -165,7 +168,12 @@ def collect_episodes(
     num_envs = vec_env.num_envs
     if len(reset_seeds) != num_envs:
         raise ValueError(f"need one reset seed per sub-env ({num_envs}), got {len(reset_seeds)}")
+    timings = timings if timings is not None else {}
+    for key in ("engine", "env"):
+        timings.setdefault(key, 0.0)
+    started = time.perf_counter()
     observations, infos = vec_env.reset(seed=[int(s) for s in reset_seeds])
+    timings["env"] += time.perf_counter() - started
     first = [_info_at(infos, i) for i in range(num_envs)]
     chats = [adapter.start(str(observations[i]), first[i]) for i in range(num_envs)] if chat_view else []
     for info, chat in zip(first, chats):
@@ -184,9 +192,11 @@ def collect_episodes(
     finishes: list[str] = []
     if mode == "episode":
         prompts = [adapter.prompt(engine, info) for info in current]
+        started = time.perf_counter()
         completions = engine.generate(
             prompts, n=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
         )
+        timings["engine"] += time.perf_counter() - started
         planned = [_split_steps(group[0].text, adapter.step_delimiter) for group in completions]
         finishes = [group[0].finish_reason for group in completions]
         for episode, prompt, group in zip(episodes, prompts, completions):
@@ -200,6 +210,7 @@ def collect_episodes(
         actions = [""] * num_envs
         if mode == "step":
             prompts = [adapter.prompt(engine, current[i]) for i in indices]
+            started = time.perf_counter()
             completions = engine.generate(
                 prompts,
                 n=1,
@@ -209,6 +220,7 @@ def collect_episodes(
                 stop=adapter.stop,
                 seed=None if seed is None else seed + 1000 * step_index,
             )
+            timings["engine"] += time.perf_counter() - started
             for i, prompt, group in zip(indices, prompts, completions):
                 actions[i] = adapter.to_action(group[0])
                 episodes[i].last_finish = group[0].finish_reason
@@ -223,7 +235,9 @@ def collect_episodes(
                 actions[i] = pieces[step_index].strip() if step_index < len(pieces) else ""
                 is_last_piece = step_index >= len(pieces) - 1
                 episodes[i].last_finish = finishes[i] if is_last_piece else "stop"
+        started = time.perf_counter()
         _, rewards, terminated, truncated, infos = vec_env.step(tuple(actions))
+        timings["env"] += time.perf_counter() - started
         for i in indices:
             info = _info_at(infos, i)
             if chat_view:

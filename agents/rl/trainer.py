@@ -163,6 +163,7 @@ class TrainableAgent(Agent):
         self._callback: Any = None
         self.logger: Any = None
         self.last_rollout_stats: dict[str, float] = {}
+        self.last_rollout_timings: dict[str, float] = {}
         self._problem_rng = np.random.default_rng(self.config.seed)
         self._build_extra_modules()
         device = device_of(self.model)
@@ -320,6 +321,8 @@ class TrainableAgent(Agent):
         seed: int | None,
         max_new_tokens: int | None = None,
     ) -> list[Episode]:
+        """Episodes of the current policy; ``last_rollout_timings`` gets the seconds in the engine and the env."""
+        self.last_rollout_timings = {}
         with self.autocast():
             return collect_episodes(
                 self.engine,
@@ -332,6 +335,7 @@ class TrainableAgent(Agent):
                 top_p=self.config.top_p,
                 seed=seed,
                 mode=self.config.rollout_mode,
+                timings=self.last_rollout_timings,
             )
 
     def _max_steps(self, vec_env: Any) -> int:
@@ -476,6 +480,8 @@ class TrainableAgent(Agent):
         )
         self.last_rollout_stats = rollout_stats(episodes)
         self.last_rollout_stats["time/rollout_seconds"] = time.perf_counter() - started
+        for part, seconds in self.last_rollout_timings.items():  # where the rollout time went
+            self.last_rollout_stats[f"time/rollout_{part}_seconds"] = seconds
         if self._callback is not None:  # SB3: on_rollout_end after each collection
             self._callback.update_locals({"episodes": episodes})
             self._callback.on_rollout_end()
