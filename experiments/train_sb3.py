@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -42,7 +43,15 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-__all__ = ["HAND_RULES", "TrainSB3Config", "evaluate_selector", "main", "measure_env_speed"]
+__all__ = [
+    "HAND_RULES",
+    "TrainSB3Config",
+    "decision_agreement",
+    "evaluate_selector",
+    "main",
+    "measure_env_speed",
+    "paired_comparison",
+]
 
 
 @dataclass
@@ -55,10 +64,10 @@ class TrainSB3Config:
     """``slot``: one MLP shared by all candidate slots (``agents.slot_policy``); ``mlp``: SB3's ``MlpPolicy``."""
     task: Literal["arithmetic", "alfworld"] = "arithmetic"
     """Arithmetic (from candidate caches) or ALFWorld (generated games, admissible commands)."""
-    train_cache: str = "runs/sb3/arith_l2_train.jsonl"
-    """Arithmetic: candidate cache of the training problems."""
-    test_cache: str = "runs/sb3/arith_l2_test.jsonl"
-    """Arithmetic: candidate cache of the held-out problems."""
+    train_cache: tuple[str, ...] = ("runs/sb3/arith_l2_train.jsonl",)
+    """Arithmetic: candidate cache(s) of the training problems (parts collected separately are merged)."""
+    test_cache: tuple[str, ...] = ("runs/sb3/arith_l2_test.jsonl",)
+    """Arithmetic: candidate cache(s) of the held-out problems."""
     alfworld_train_games: int = 24
     """ALFWorld: generated training games (split "train")."""
     alfworld_test_games: int = 12
@@ -87,9 +96,9 @@ class TrainSB3Config:
     """``DummyVecEnv`` (one process) or ``SubprocVecEnv`` (one process per env)."""
     random_episodes: int = 10
     """Episodes per held-out problem for the random baseline."""
-    train_eval_problems: int = 96
-    """The learned selector is also evaluated on (at most) this many training problems, to show over-fitting
-    (0: skipped, for slow envs)."""
+    train_eval_problems: int = 100_000
+    """The rules and the learned selector are also evaluated on (at most) this many training problems: over-fitting,
+    and the reference rule (the rule best on the training problems) is picked there (0: skipped, for slow envs)."""
     ppo_n_steps: int = 256
     """PPO: steps per env per update (one update = ``ppo_n_steps * n_envs`` steps, 10 epochs of minibatches of 256)."""
     speed_steps: int = 5_000
@@ -98,16 +107,18 @@ class TrainSB3Config:
     """Untimed env steps before the speed measurement."""
     out_dir: str = "runs/sb3"
     """Where JSON, PNG, SB3 logs and models go."""
+    summary_only: bool = False
+    """Only print the table of every ``<task>_*.json`` in ``out_dir`` (no training)."""
     threads: int = 1
     """Torch CPU threads."""
 
 
 # -- envs -----------------------------------------------------------------------------------------------------------
-def arithmetic_factory(cache_path: str) -> tuple[Callable[[], Any], list[str], dict[str, Any]]:
-    """A picklable env constructor for a cache (the cache is loaded once per process), its problems, its meta."""
-    from wrappers.candidate_choice import CandidateCache
-
-    cache = CandidateCache.load(cache_path)
+def arithmetic_factory(cache_paths: Sequence[str]) -> tuple[Callable[[], Any], list[str], dict[str, Any]]:
+    """A picklable env constructor for one or more cache parts (merged, loaded once per process), their problems
+    and meta."""
+    paths = tuple(cache_paths)
+    cache = _loaded(paths)
     collect = cache.meta.get("collect", {})
     env_id = collect.get("env_id", "openr/Arithmetic-v0")
     env_kwargs = json.loads(collect.get("env_kwargs", "{}"))
@@ -120,21 +131,21 @@ def arithmetic_factory(cache_path: str) -> tuple[Callable[[], Any], list[str], d
         from wrappers.candidate_choice import CandidateChoice
 
         return CandidateChoice.from_cache(
-            gym.make(env_id, max_episode_steps=steps, **env_kwargs), _loaded(cache_path)
+            gym.make(env_id, max_episode_steps=steps, **env_kwargs), _loaded(paths)
         )
 
     return make, cache.problem_ids(), cache.meta
 
 
-_CACHES: dict[str, Any] = {}
+_CACHES: dict[tuple[str, ...], Any] = {}
 
 
-def _loaded(path: str) -> Any:
+def _loaded(paths: tuple[str, ...]) -> Any:
     from wrappers.candidate_choice import CandidateCache
 
-    if path not in _CACHES:
-        _CACHES[path] = CandidateCache.load(path)
-    return _CACHES[path]
+    if paths not in _CACHES:
+        _CACHES[paths] = CandidateCache.merged(paths)
+    return _CACHES[paths]
 
 
 def alfworld_factory(config: TrainSB3Config, split: str, games: int) -> tuple[Callable[[], Any], list[str]]:
@@ -272,9 +283,9 @@ def evaluate_selector(
     from wrappers.candidate_choice import feature_matrix
 
     rng = np.random.default_rng(seed)
-    successes, returns = [], []
+    successes, returns, per_problem = [], [], []
     if not problem_ids:  # e.g. --train-eval-problems 0: nothing to play
-        return {"success": float("nan"), "return": float("nan"), "episodes": 0}
+        return {"success": float("nan"), "return": float("nan"), "episodes": 0, "per_problem": []}
     for problem_id in problem_ids:
         for _ in range(episodes):
             observation, _ = env.reset(options={"problem_id": problem_id})
@@ -286,11 +297,75 @@ def evaluate_selector(
                 done = terminated or truncated
             successes.append(float(info.get("is_success", False)))
             returns.append(total)
+        per_problem.append(float(np.mean(successes[-episodes:])))
     return {
         "success": float(np.mean(successes)),
         "return": float(np.mean(returns)),
         "episodes": len(successes),
+        "per_problem": per_problem,
     }
+
+
+def paired_comparison(
+    a: Sequence[float], b: Sequence[float], resamples: int = 10_000, seed: int = 0
+) -> dict[str, float]:
+    """Selector ``a`` vs ``b`` on the same problems (per-problem success, same order).
+
+    Why paired: two selectors over the same candidates agree on most problems, so the noise of their difference is
+    far below that of each rate; only the problems where they differ count. Returns the difference of the means, a
+    95 % percentile-bootstrap interval over problems, the problems each one wins, and the two-sided exact sign-test
+    p-value over those discordant problems (ties dropped)."""
+    x = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(x) == 0:
+        return {
+            "difference": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "wins": 0,
+            "losses": 0,
+            "sign_test_p": float("nan"),
+            "problems": 0,
+        }
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(len(x), size=(resamples, len(x)))].mean(axis=1)
+    wins, losses = int((x > 0).sum()), int((x < 0).sum())
+    n = wins + losses
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n if n else 1.0
+    return {
+        "difference": float(x.mean()),
+        "ci_low": float(np.percentile(means, 2.5)),
+        "ci_high": float(np.percentile(means, 97.5)),
+        "wins": wins,
+        "losses": losses,
+        "sign_test_p": float(min(1.0, 2 * tail)),
+        "problems": len(x),
+    }
+
+
+def decision_agreement(
+    env: Any,
+    problem_ids: Sequence[str],
+    choose: Callable[[np.ndarray, Any, np.random.Generator], int],
+    rule: Callable[[np.ndarray, Any, np.random.Generator], int],
+) -> dict[str, float]:
+    """On ``choose``'s own episodes, the share of decision states (two or more real candidates) where ``rule``
+    would take the same candidate: 1.0 means the learned selector *is* that rule on these problems."""
+    from wrappers.candidate_choice import feature_matrix
+
+    rng = np.random.default_rng(0)
+    same = decisions = 0
+    for problem_id in problem_ids:
+        observation, _ = env.reset(options={"problem_id": problem_id})
+        done = False
+        while not done:
+            features = feature_matrix(observation)
+            action = choose(features, env, rng)
+            if len(_valid_slots(features)) > 1:
+                decisions += 1
+                same += int(rule(features, env, rng) == action)
+            observation, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    return {"agreement": same / decisions if decisions else float("nan"), "decision_states": decisions}
 
 
 def measure_env_speed(make: Callable[[], Any], steps: int, seed: int = 0, warmup: int = 500) -> float:
@@ -460,6 +535,9 @@ def train_and_evaluate(
             f"  {rule:>14}: held-out success {results['rules'][rule]['success']:.3f}, "
             f"training problems {on_train['success']:.3f}"
         )
+    reference, best_held_out = reference_rules(results)
+    results["reference_rule"], results["best_held_out_rule"] = reference, best_held_out
+    print(f"  reference rule (best on the training problems): {reference}; best on held-out: {best_held_out}")
     for seed in config.seeds:
         torch.manual_seed(seed)
         log_dir = out / f"{config.task}_{run_name(config)}_s{seed}"
@@ -483,6 +561,15 @@ def train_and_evaluate(
             "held_out": evaluate_selector(test_env, test_ids, learned),
             "train_problems": evaluate_selector(train_env, train_eval_ids, learned),
         }
+        for name, rule in (("reference", reference), ("best_held_out", best_held_out)):
+            if rule is not None:
+                row[f"vs_{name}"] = paired_comparison(
+                    row["held_out"]["per_problem"], results["rules"][rule]["per_problem"]
+                )
+        if reference is not None and reference not in RANDOMISED_RULES:
+            row["agreement_with_reference"] = decision_agreement(
+                test_env, test_ids, learned, HAND_RULES[reference]
+            )
         results["learned"].append(row)
         print(
             f"  {config.algo} seed {seed}: held-out success {row['held_out']['success']:.3f}, "
@@ -490,9 +577,38 @@ def train_and_evaluate(
             f"steps (validation {max((p['success'] for p in row['validation_curve']), default=float('nan')):.3f}), "
             f"{row['train_fps']:.0f} steps/s"
         )
+        if "vs_reference" in row:
+            print(f"    vs {reference}: {_paired_text(row['vs_reference'])}")
+        if "agreement_with_reference" in row:
+            agreement = row["agreement_with_reference"]
+            print(
+                f"    same choice as {reference} in {agreement['agreement']:.3f} of "
+                f"{agreement['decision_states']} held-out decision states"
+            )
     test_env.close()
     train_env.close()
     return results
+
+
+def reference_rules(results: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(the rule best on the training problems, the rule best on the held-out problems); ties go to the earlier rule.
+
+    The first is the comparison chosen without the held-out problems (a rule has no parameters, so every training
+    problem may pick it); the second is the optimistic one a reader would pick after seeing the held-out results."""
+
+    def best(table: dict[str, dict[str, Any]]) -> str | None:
+        scored = [(rule, row["success"]) for rule, row in table.items() if row.get("episodes")]
+        return max(scored, key=lambda item: item[1])[0] if scored else None
+
+    return best(results["rules_on_training_problems"]), best(results["rules"])
+
+
+def _paired_text(paired: dict[str, float]) -> str:
+    return (
+        f"difference {paired['difference']:+.3f} (95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}), "
+        f"wins {paired['wins']} / losses {paired['losses']} of {paired['problems']} problems, "
+        f"sign test p = {paired['sign_test_p']:.2f}"
+    )
 
 
 def run_name(config: TrainSB3Config) -> str:
@@ -585,12 +701,58 @@ def plot_validation(out_dir: Path, task: str) -> Path | None:
     return path
 
 
+def summary_table(out_dir: Path, task: str) -> str:
+    """A markdown table of every run in ``out_dir``: the rules, then each learned selector and seed, with its paired
+    difference from the reference rule (the rule best on the training problems)."""
+    runs = {
+        p.stem.split("_", 1)[1]: json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{task}_*.json"))
+    }
+    if not runs:
+        raise FileNotFoundError(f"no {task}_*.json in {out_dir}")
+    first = next(iter(runs.values()))["results"]
+    reference = first.get("reference_rule")
+    held_out = len(next(iter(runs.values()))["test_problems"])
+    lines = [
+        f"| selector | held-out ({held_out}) | training problems | kept checkpoint (validation) "
+        f"| minus {reference} on held-out, paired (95% CI; wins/losses) | same choice as {reference} |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def rate(row: dict[str, Any]) -> str:
+        return f"{row['success']:.3f}" if row.get("episodes") else "-"
+
+    for rule, row in first["rules"].items():
+        mark = " (reference)" if rule == reference else ""
+        train = first["rules_on_training_problems"].get(rule, {})
+        lines.append(f"| {rule}{mark} | {rate(row)} | {rate(train)} | | | |")
+    for name, run in runs.items():
+        for row in run["results"]["learned"]:
+            best = max((point["success"] for point in row["validation_curve"]), default=float("nan"))
+            paired = row.get("vs_reference")
+            versus = (
+                f"{paired['difference']:+.3f} ({paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}; "
+                f"{paired['wins']}/{paired['losses']})"
+                if paired
+                else ""
+            )
+            agreement = row.get("agreement_with_reference")
+            same = f"{agreement['agreement']:.3f}" if agreement else ""
+            lines.append(
+                f"| {name} seed {row['seed']} | {rate(row['held_out'])} | {rate(row['train_problems'])} "
+                f"| {row['chosen_steps']:,} ({best:.3f}) | {versus} | {same} |"
+            )
+    return "\n".join(lines)
+
+
 def main(config: TrainSB3Config) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(config.threads)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if config.summary_only:
+        print(summary_table(out, config.task))
+        return {}
     if config.task == "arithmetic":
         make_train, train_ids, meta = arithmetic_factory(config.train_cache)
         make_test, test_ids, test_meta = arithmetic_factory(config.test_cache)
@@ -619,7 +781,7 @@ def main(config: TrainSB3Config) -> dict[str, Any]:
         "candidate_settings": {
             key: meta.get(key) for key in ("k", "candidates", "temperature", "max_new_tokens")
         },
-        "collect_summary": meta.get("summary"),
+        "collect_summary": meta.get("summaries") or meta.get("summary"),
         "env_steps_per_second": speed,
         "train_problems": list(train_ids),
         "test_problems": list(test_ids),
@@ -628,6 +790,7 @@ def main(config: TrainSB3Config) -> dict[str, Any]:
     path = out / f"{config.task}_{run_name(config)}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}, {plot(out, config.task)} and {plot_validation(out, config.task)}")
+    print(summary_table(out, config.task))
     return report
 
 

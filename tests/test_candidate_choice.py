@@ -396,3 +396,108 @@ def test_slot_policies_learn_and_early_stopping_keeps_the_best_checkpoint(algo, 
     model.save(tmp_path / "model")
     loaded = (PPO if algo == "ppo" else DQN).load(tmp_path / "model", device="cpu")
     assert evaluate_selector(test_env, test_ids, _selector(loaded))["success"] == 1.0
+
+
+def test_slot_scorer_expresses_most_sampled_exactly():
+    """The hand rule the learned selectors are compared with is one setting of the shared scorer: a scorer that
+    reads ``share`` (and ``mean_logprob`` to break ties, as the slot order does) picks slot 0 on every state."""
+    import torch
+
+    from agents.slot_policy import SlotScorer
+    from wrappers.candidate_choice import _ordered
+
+    scorer = SlotScorer(hidden=8)
+    with torch.no_grad():
+        for layer in (scorer.body[0], scorer.body[2], scorer.head):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        scorer.body[0].weight[0, COL["share"]] = 1.0
+        scorer.body[0].weight[0, COL["mean_logprob"]] = 0.005  # 20 x 0.005 < 1/6, the smallest share step
+        scorer.body[2].weight[0, 0] = 1.0
+        scorer.head.weight[0, 0] = 1.0
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(200):
+        counts = rng.multinomial(6, rng.dirichlet(np.ones(4)))
+        candidates = [
+            Candidate(f"step {i}", share=c / 6, mean_logprob=float(rng.uniform(-20, 0)))
+            for i, c in enumerate(counts)
+            if c
+        ]
+        rows.append(candidate_features(_ordered(candidates), k=6, max_new_tokens=8).ravel())
+    scores = scorer(torch.as_tensor(np.stack(rows)))
+    assert torch.all(scores.argmax(dim=-1) == 0)
+
+
+def test_merged_cache_parts(tmp_path):
+    first, second = hand_made_cache(["L2-1", "L2-2"]), hand_made_cache(["L2-3"])
+    first.meta["summary"], second.meta["summary"] = {"states": 2}, {"states": 1}
+    first.save(tmp_path / "a.jsonl")
+    second.save(tmp_path / "b.jsonl")
+    merged = CandidateCache.merged([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert merged.problem_ids() == ["L2-1", "L2-2", "L2-3"]
+    assert merged.meta["summaries"] == [{"states": 2}, {"states": 1}]
+    env = CandidateChoice.from_cache(arithmetic(), merged)
+    assert sorted(env.problem_ids) == ["L2-1", "L2-2", "L2-3"]
+    with pytest.raises(ValueError, match="also in an earlier part"):
+        CandidateCache.merged([tmp_path / "a.jsonl", tmp_path / "a.jsonl"])
+    second.meta["temperature"] = 0.7
+    second.save(tmp_path / "c.jsonl")
+    with pytest.raises(ValueError, match="temperature"):
+        CandidateCache.merged([tmp_path / "a.jsonl", tmp_path / "c.jsonl"])
+
+
+def test_paired_comparison_and_decision_agreement():
+    from experiments.train_sb3 import HAND_RULES, decision_agreement, evaluate_selector, paired_comparison
+
+    # 10 problems: a wins 4, loses 1, ties 5
+    a = [1, 1, 1, 1, 0, 1, 1, 0, 0, 0]
+    b = [0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+    paired = paired_comparison(a, b)
+    assert paired["difference"] == pytest.approx(0.3)
+    assert (paired["wins"], paired["losses"], paired["problems"]) == (4, 1, 10)
+    assert paired["sign_test_p"] == pytest.approx(2 * 6 / 32)  # P(X <= 1), X ~ Bin(5, 1/2), two-sided
+    assert paired["ci_low"] < 0.3 < paired["ci_high"]
+    assert paired_comparison(a, a)["sign_test_p"] == 1.0
+
+    ids = [f"L2-{i}" for i in range(6)]
+    env = CandidateChoice.from_cache(arithmetic(), hand_made_cache(ids), problem_ids=ids)
+    result = evaluate_selector(env, ids, HAND_RULES["likelihood"])
+    assert result["per_problem"] == [1.0] * 6
+    same = decision_agreement(env, ids, HAND_RULES["most_sampled"], HAND_RULES["most_sampled"])
+    assert same == {"agreement": 1.0, "decision_states": 6}
+    assert (
+        decision_agreement(env, ids, HAND_RULES["most_sampled"], HAND_RULES["likelihood"])["agreement"] == 0.0
+    )
+
+
+def test_train_sb3_end_to_end_on_cache_parts(tmp_path, capsys):
+    """The script on two hand-made training parts and a held-out cache: the reference rule is the one best on the
+    training problems, every seed is compared with it problem by problem, and the summary table is printed."""
+    from experiments.train_sb3 import TrainSB3Config, main
+
+    parts = [tmp_path / "train_a.jsonl", tmp_path / "train_b.jsonl"]
+    hand_made_cache([f"L2-{i}" for i in range(8)]).save(parts[0])
+    hand_made_cache([f"L2-{i}" for i in range(8, 16)]).save(parts[1])
+    hand_made_cache([f"L2-{i}" for i in range(100, 106)]).save(tmp_path / "test.jsonl")
+    config = TrainSB3Config(
+        train_cache=tuple(map(str, parts)),
+        test_cache=(str(tmp_path / "test.jsonl"),),
+        seeds=(0,),
+        total_timesteps=512,
+        eval_every=256,
+        ppo_n_steps=64,
+        n_envs=2,
+        random_episodes=2,
+        speed_steps=0,
+        out_dir=str(tmp_path / "out"),
+    )
+    report = main(config)
+    results = report["results"]
+    assert len(report["train_problems"]) == 16 and len(results["validation_problems"]) == 4
+    assert results["reference_rule"] == "likelihood"  # right on every training problem; most sampled never
+    row = results["learned"][0]
+    assert row["vs_reference"]["problems"] == 6 and "agreement" in row["agreement_with_reference"]
+    assert "| likelihood (reference) | 1.000 | 1.000 |" in capsys.readouterr().out
+    main(TrainSB3Config(out_dir=str(tmp_path / "out"), summary_only=True))
+    assert "ppo seed 0" in capsys.readouterr().out

@@ -455,6 +455,29 @@ class CandidateCache:
                     cache.put(key, [Candidate(**c) for c in record["candidates"]])
         return cache
 
+    @classmethod
+    def merged(cls, paths: Sequence[str | os.PathLike[str]]) -> CandidateCache:
+        """One cache from several saved ones (collected in parts, e.g. to keep each job short).
+
+        The parts must share the candidate settings (a selector must see one kind of candidate); the first part's
+        meta is kept, with every part's ``summary`` under ``summaries``."""
+        if not paths:
+            raise ValueError("no cache to merge")
+        parts = [cls.load(path) for path in paths]
+        merged = cls(parts[0].meta)
+        keys = ("k", "candidates", "temperature", "top_p", "max_new_tokens", "scorer")
+        for path, part in zip(paths, parts):
+            differing = {key for key in keys if part.meta.get(key) != merged.meta.get(key)}
+            if differing:
+                raise ValueError(f"{path}: other candidate settings ({sorted(differing)}) than {paths[0]}")
+            for key in part.keys():
+                if key in merged:
+                    raise ValueError(f"{path}: state {key!r} is also in an earlier part")
+                merged.put(key, part.get(key) or [])
+        merged.meta["summaries"] = [part.meta.get("summary") for part in parts]
+        merged.meta["parts"] = [os.fspath(path) for path in paths]
+        return merged
+
 
 class CandidateChoice(gym.Wrapper[np.ndarray, np.int64, str, str], RecordConstructorArgs):
     """Pick one of K engine-proposed next steps: ``Discrete(k)`` actions over a ``Box`` of candidate features.
