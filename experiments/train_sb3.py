@@ -251,6 +251,41 @@ def _goal_overlap(features: np.ndarray, env: Any, rng: np.random.Generator) -> i
     return int(fresh[int(np.argmax(values))]) if fresh else 0
 
 
+def _goal_seek(features: np.ndarray, env: Any, rng: np.random.Generator) -> int:
+    """A pick-and-place plan from the command features alone (ALFWorld): act on the goal's object when possible
+    (transform it, or put it where the goal says), else take it, else (carrying it) go to the goal's places, else open
+    what is closed here, else explore places not visited; ties at random. Written so that the slot scorer can
+    express it (every test is one feature or a product of two)."""
+    from wrappers.candidate_choice import FEATURES
+
+    valid = _valid_slots(features)
+    if not len(valid):
+        return 0
+
+    def column(name: str) -> np.ndarray:
+        return features[:, FEATURES.index(name)] > 0
+
+    repeat, goal_object, goal_target = column("repeat"), column("object_in_goal"), column("target_in_goal")
+    holding = bool(column("holding")[valid].any())
+    fresh = [int(s) for s in valid if not repeat[s]]
+    stages = [
+        [s for s in fresh if goal_object[s] and column("verb_move")[s] and goal_target[s]],
+        [s for s in fresh if goal_object[s] and column("verb_transform")[s] and holding],
+        [s for s in fresh if goal_object[s] and column("verb_take")[s] and not holding],
+        [
+            s
+            for s in valid
+            if goal_object[s] and column("verb_go")[s] and holding and not column("revisit")[s]
+        ],
+        [s for s in valid if goal_object[s] and column("verb_go")[s] and holding],
+        [s for s in fresh if column("verb_open_close")[s]],
+        [s for s in fresh if column("verb_go")[s] and not column("revisit")[s]],
+        fresh,
+        [int(s) for s in valid],
+    ]
+    return int(rng.choice(next(stage for stage in stages if stage)))
+
+
 HAND_RULES: dict[str, Callable[[np.ndarray, Any, np.random.Generator], int]] = {
     "random": _random,
     "most_sampled": _most_sampled,
@@ -260,14 +295,15 @@ HAND_RULES: dict[str, Callable[[np.ndarray, Any, np.random.Generator], int]] = {
     "goal_overlap": _goal_overlap,
     "explore": _explore,
     "goal_explore": _goal_explore,
+    "goal_seek": _goal_seek,
 }
-RANDOMISED_RULES = ("random", "explore", "goal_explore")
+RANDOMISED_RULES = ("random", "explore", "goal_explore", "goal_seek")
 """Rules that draw at random: evaluated over ``random_episodes`` episodes per problem."""
 
 
 def rules_for(task: str, meta: dict[str, Any]) -> list[str]:
     if task == "alfworld":  # no engine: no log-probs, no samples to vote, no scorer
-        return ["random", "most_sampled", "goal_overlap", "explore", "goal_explore"]
+        return ["random", "most_sampled", "goal_overlap", "explore", "goal_explore", "goal_seek"]
     rules = ["random", "most_sampled", "likelihood", "majority_vote"]
     return rules + (["prm"] if meta.get("scorer") else [])
 

@@ -172,9 +172,48 @@ def test_text_game_command_features():
     one_hot = features[:7][:, [COL[v] for v in verbs]]
     np.testing.assert_allclose(one_hot.argmax(axis=1), [0, 0, 1, 2, 4, 5, 3])
     np.testing.assert_allclose(one_hot.sum(axis=1), 1)
+    # Goal "heat some apple and put it in fridge": the apple is the object, the fridge the target.
+    goal = candidate_features(
+        candidates, k=8, max_new_tokens=8, question="heat some apple and put it in fridge.", text_game=True
+    )
+    np.testing.assert_allclose(goal[:7, COL["object_in_goal"]], [1, 0, 1, 1, 1, 1, 1])
+    np.testing.assert_allclose(goal[:7, COL["target_in_goal"]], [0, 0, 0, 1, 0, 0, 0])
+    np.testing.assert_allclose(goal[:, COL["holding"]], [1] * 7 + [0])  # a move command is listed: carrying
+    empty_handed = candidate_features(candidates[:3], k=4, max_new_tokens=8, question="x", text_game=True)
+    assert empty_handed[:, COL["holding"]].sum() == 0
     # Math steps never get command features, even when a step starts with a verb.
     math = candidate_features([Candidate("take 3 + 4 = 7")], k=2, max_new_tokens=8, steps=["take 1"])
-    assert math[0, [COL[v] for v in [*verbs, "revisit"]]].sum() == 0
+    assert (
+        math[0, [COL[v] for v in [*verbs, "revisit", "object_in_goal", "target_in_goal", "holding"]]].sum()
+        == 0
+    )
+
+
+def test_goal_seeking_rule_follows_the_plan():
+    """Take the goal's object, carry it to the goal's place (even one visited before), put it there."""
+    from experiments.train_sb3 import HAND_RULES
+
+    goal, rng = "put some apple on fridge.", np.random.default_rng(0)
+
+    def choice(texts, steps):
+        features = candidate_features(
+            [Candidate(t) for t in texts], k=8, max_new_tokens=8, question=goal, steps=steps, text_game=True
+        )
+        return {texts[HAND_RULES["goal_seek"](features, None, rng)] for _ in range(20)}
+
+    start = ["go to fridge 1", "go to countertop 1", "go to cabinet 1", "look"]
+    assert choice(start, ["go to fridge 1"]) == {
+        "go to countertop 1",
+        "go to cabinet 1",
+    }  # explore new places
+    here = ["take apple 1 from countertop 1", "take mug 1 from countertop 1", "go to fridge 1", "look"]
+    assert choice(here, ["go to countertop 1"]) == {"take apple 1 from countertop 1"}
+    carrying = ["move apple 1 to countertop 1", "go to fridge 1", "go to cabinet 1", "look"]
+    assert choice(carrying, ["go to fridge 1", "go to countertop 1", "take apple 1 from countertop 1"]) == {
+        "go to fridge 1"
+    }
+    there = ["move apple 1 to fridge 1", "go to countertop 1", "look"]
+    assert choice(there, ["go to fridge 1", "take apple 1 from countertop 1"]) == {"move apple 1 to fridge 1"}
 
 
 def test_exploring_rules_skip_taken_commands_and_visited_places():

@@ -41,10 +41,18 @@ is what SB3's default ``MlpPolicy`` takes without a custom feature extractor.
 ``verb_*``       text games: the command's verb, one-hot over six groups: ``verb_go`` (go to), ``verb_take``,
                  ``verb_move`` (move / put), ``verb_open_close``, ``verb_transform`` (heat, cool, clean, slice,
                  use, toggle) and ``verb_inspect`` (examine, look, inventory); all 0 on math envs
+``object_in_goal`` text games: 1 if the thing the command acts on (the word after the verb; for ``go to X`` the
+                 place) is named in the goal (``take cloth 1 from drawer 2`` for "clean some cloth ...")
+``target_in_goal`` text games: 1 if the command's second object (after ``to`` / ``in`` / ``on`` / ``from`` /
+                 ``with``) is named in the goal (``move cloth 1 to countertop 1`` for "... put it in countertop")
+``holding``      text games: 1 on every real slot when the agent carries something (ALFWorld lists ``move X to Y``
+                 commands only then): the state a per-slot scorer otherwise cannot see
 ================ ================================================================================================
 
 ``repeat``, ``revisit`` and the verbs are what a selector needs to explore a text game (not to loop, to try the
-places it has not seen, to tell taking from looking), the questions a random walk cannot ask.
+places it has not seen, to tell taking from looking), the questions a random walk cannot ask; ``object_in_goal``,
+``target_in_goal`` and ``holding`` are what it needs to finish one (take the goal's object, bring it to the goal's
+receptacle), so the goal-seeking rule of ``experiments/train_sb3.py`` is one setting of the slot scorer.
 """
 
 from __future__ import annotations
@@ -99,6 +107,9 @@ FEATURES: tuple[str, ...] = (
     "verb_open_close",
     "verb_transform",
     "verb_inspect",
+    "object_in_goal",
+    "target_in_goal",
+    "holding",
 )
 _COLUMN = {name: index for index, name in enumerate(FEATURES)}
 LOGPROB_FLOOR = -20.0
@@ -124,6 +135,23 @@ _VERB_GROUPS = {
     "inventory": "verb_inspect",
 }
 _GO_TO = "go to "
+_SECOND_OBJECT = ("to", "in", "on", "from", "with")
+_ARTICLES = {"a", "an", "the", "some"}
+
+
+def _command_objects(words: Sequence[str]) -> tuple[str | None, str | None]:
+    """(the thing a text-game command acts on, its second object): ``take cloth 1 from drawer 2`` -> (cloth,
+    drawer); ``go to fridge 1`` -> (fridge, None); ``look`` -> (None, None)."""
+    rest = [w for w in words[1:] if w not in _ARTICLES]
+    if words and words[0] == "go" and rest[:1] == ["to"]:
+        rest = rest[1:]
+    first = rest[0] if rest and rest[0] not in _SECOND_OBJECT else None
+    second = None
+    for index, word in enumerate(rest):
+        if word in _SECOND_OBJECT and index > 0:
+            second = next((w for w in rest[index + 1 :] if not w.isdigit() and w not in _SECOND_OBJECT), None)
+            break
+    return first, second
 
 
 def state_key(info: Mapping[str, Any]) -> StateKey:
@@ -194,6 +222,7 @@ def candidate_features(
     question_words = set(_words(question))
     taken = set(steps)
     visited = visited_places(steps) if text_game else set()
+    holding = text_game and any(_VERB_GROUPS.get((_words(c.text) or [""])[0]) == "verb_move" for c in shown)
     for row, (candidate, result) in enumerate(zip(shown, results)):
         words = _words(candidate.text)
         values = {
@@ -213,6 +242,11 @@ def candidate_features(
         verb = _VERB_GROUPS.get(words[0]) if text_game and words else None
         if verb is not None:
             values[verb] = 1.0
+        if text_game:
+            first, second = _command_objects(words)
+            values["object_in_goal"] = float(first in question_words)
+            values["target_in_goal"] = float(second in question_words)
+            values["holding"] = float(holding)
         for name, value in values.items():
             features[row, _COLUMN[name]] = value
     return features
