@@ -10,9 +10,12 @@ OREO learns from all of them (R = 1 / 0); GRPO samples the same number of trajec
 held-out problems greedily (``experiments.train``'s held-out seeds).
 
 Part 2 (with OREO's seed-0 policy and value model): greedy, majority vote over N samples, and OREO's value-guided
-step-level beam search (B beams x K samples, keep the B best by V), at budgets N = B x K in ``budgets``, on the first
-``search_problems`` held-out problems; compute = generated tokens + tokens the value model read (in full, and with
-a prefix cache: each node's prompt minus its parent's, as the policy's engine reuses its prefix).
+step-level beam search (B beams x K samples, keep the B best by V; a finished candidate is valued V(s_last) +
+beta * log pi / pi_ref of its last step, the soft Bellman identity, see ``agents.rl.oreo_value``), at budgets
+N = B x K in ``budgets``, on the first ``search_problems`` held-out problems; compute = generated tokens + tokens
+the scorer's models read (the value model, and the policy's and reference's passes over finished candidates' last
+steps; in full, and with a prefix cache: each node's prompt minus its parent's, as the policy's engine reuses its
+prefix). ``--search-from <saved OREO agent>`` runs part 2 alone (in its own process).
 Results: ``results.json`` and a printed table.
 """
 
@@ -85,6 +88,13 @@ class OREOArithmeticConfig:
     """A saved OREO agent folder: skip part 1 and run only part 2 with it (e.g. in another process)."""
     calibration_trajectories: int = 64
     """Training trajectories on which the trained value model's calibration (won vs lost) is measured."""
+    terminals: tuple[str, ...] = ("bellman",)
+    """How value beam search values a finished candidate (``agents.rl.oreo_value.TERMINAL_MODES``): ``bellman``
+    (V(s_last) + beta * log pi / pi_ref of the last step), ``state`` (V(s_last)) or ``after`` (V read after the
+    last step, a position the value loss never trains: the old rule, for comparison). One run per mode and
+    budget; runs other than ``bellman`` are named ``value_beam_<mode>@N``."""
+    search_runs: tuple[str, ...] = ("greedy", "majority", "value_beam")
+    """Which searches part 2 runs (a subset lets a second process add runs to the same comparison)."""
 
 
 def _engine(config: OREOArithmeticConfig) -> Any:
@@ -253,36 +263,65 @@ def search_comparison(config: OREOArithmeticConfig, oreo: Any) -> dict[str, Any]
     rows: dict[str, Any] = {}
 
     def run(name: str, agent: Any, scorer: Any = None) -> None:
-        before = (scorer.tokens_read, scorer.new_tokens) if scorer is not None else (0, 0)
+        counters = ("tokens_read", "new_tokens", "ratio_tokens_read")
+        before = {c: getattr(scorer, c, 0) for c in counters}
         started = time.time()
         results = agent.solve_many(env, problems, seeds=seeds)
-        value_tokens = (scorer.tokens_read - before[0]) if scorer is not None else 0
-        value_new = (scorer.new_tokens - before[1]) if scorer is not None else 0
+        spent = {c: getattr(scorer, c, 0) - before[c] for c in counters}
         generated = sum(r["generated_tokens"] for r in results)
+        count = len(results)
         rows[name] = {
-            "accuracy": sum(r["correct"] for r in results) / len(results),
-            "generated_tokens_per_problem": generated / len(results),
-            "value_tokens_per_problem": value_tokens / len(results),
-            "value_new_tokens_per_problem": value_new / len(results),
-            "compute_per_problem": (generated + value_tokens) / len(results),
-            "compute_cached_per_problem": (generated + value_new) / len(results),
+            "accuracy": sum(r["correct"] for r in results) / count,
+            "correct": sum(r["correct"] for r in results),
+            "problems": count,
+            "generated_tokens_per_problem": generated / count,
+            # everything the scorer's models read: the value model, plus the policy's and the reference's
+            # passes over finished candidates' last steps (``ratio_tokens_per_problem``)
+            "value_tokens_per_problem": spent["tokens_read"] / count,
+            "value_new_tokens_per_problem": spent["new_tokens"] / count,
+            "ratio_tokens_per_problem": spent["ratio_tokens_read"] / count,
+            "compute_per_problem": (generated + spent["tokens_read"]) / count,
+            "compute_cached_per_problem": (generated + spent["new_tokens"]) / count,
             "seconds": time.time() - started,
         }
         print(f"{name}: {rows[name]}", flush=True)
 
     common = dict(max_new_tokens=config.max_new_tokens, seed=0, temperature=config.search_temperature)
     with oreo.autocast():
-        run("greedy", Greedy(oreo.engine, env, max_new_tokens=config.max_new_tokens))
+        if "greedy" in config.search_runs:
+            run("greedy", Greedy(oreo.engine, env, max_new_tokens=config.max_new_tokens))
         for budget in config.budgets:
-            run(
-                f"majority@{budget}",
-                BestOfN(oreo.engine, env, BestOfNConfig(n=budget, selection="majority_vote", **common)),
-            )
+            if "majority" in config.search_runs:
+                run(
+                    f"majority@{budget}",
+                    BestOfN(oreo.engine, env, BestOfNConfig(n=budget, selection="majority_vote", **common)),
+                )
+            if "value_beam" not in config.search_runs:
+                continue
             beams, samples = BEAMS[budget]
-            search = oreo.search_agent(beam_width=beams, num_expansions=samples, **common)
-            run(f"value_beam@{budget}", search, search.prm)
+            for terminal in config.terminals:
+                search = oreo.search_agent(
+                    beam_width=beams, num_expansions=samples, terminal=terminal, **common
+                )
+                name = "value_beam" if terminal == "bellman" else f"value_beam_{terminal}"
+                run(f"{name}@{budget}", search, search.prm)
     env.close()
+    print_search_table(rows)
     return rows
+
+
+def print_search_table(rows: dict[str, Any]) -> None:
+    """One line per search run: accuracy (correct / problems) and compute per problem (full / prefix-cached)."""
+    print(
+        f"{'run':<22}{'accuracy':>16}{'generated':>11}{'scorer':>9}{'of it pi/ref':>14}{'compute':>9}{'cached':>8}"
+    )
+    for name, row in rows.items():
+        accuracy = f"{row['accuracy']:.3f} ({row['correct']}/{row['problems']})"
+        print(
+            f"{name:<22}{accuracy:>16}{row['generated_tokens_per_problem']:>11.1f}"
+            f"{row['value_tokens_per_problem']:>9.1f}{row['ratio_tokens_per_problem']:>14.1f}"
+            f"{row['compute_per_problem']:>9.1f}{row['compute_cached_per_problem']:>8.1f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -180,6 +180,7 @@ class OREO(TrainableAgent):
             adapter = self.adapter(probe)
             probe.close()
         instruction = getattr(adapter, "instruction", "") if adapter is not None else ""
+        settings = {"log_probs": self.action_logprobs, "beta": self.config.beta, **kwargs}
         return ValueScorer(
             self.value_backbone(),
             self.value_head,
@@ -187,12 +188,27 @@ class OREO(TrainableAgent):
             instruction=instruction,
             adapter=adapter,
             autocast=self.autocast,
-            **kwargs,
+            **settings,
         )
 
-    def search_agent(self, beam_width: int = 2, num_expansions: int = 4, **config: Any) -> Any:
+    @torch.no_grad()
+    def action_logprobs(
+        self, rows: Sequence[tuple[list[int], list[int], int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, R)`` log-probs of each row's response tokens (rows of context ids, response ids, and an index the
+        caller masks from) under the policy and under the reference, as the training computes them (same
+        temperature and autocast): what ``ValueScorer`` needs for a finished candidate's soft-Bellman value."""
+        batch = make_token_batch(
+            [TokenizedEpisode(list(c), list(r), []) for c, r, _ in rows], self.pad_token_id
+        )
+        return self.no_grad_forward(batch).logprobs, self.reference_logprobs(batch)
+
+    def search_agent(
+        self, beam_width: int = 2, num_expansions: int = 4, terminal: str | None = None, **config: Any
+    ) -> Any:
         """OREO's test-time procedure: step-level beam search keeping the ``beam_width`` best states by V out of
-        ``num_expansions`` samples per beam; the finished candidate with the highest value is the answer. With
+        ``num_expansions`` samples per beam; the finished candidate with the highest value is the answer, its
+        value V(s_last) + beta * log pi / pi_ref of its last step (``terminal``, see ``ValueScorer``). With
         ``beam_width=1`` on a text game this samples K commands per turn and plays the one of highest value."""
         from agents.search.beam_search import BeamSearch, BeamSearchConfig
 
@@ -200,7 +216,7 @@ class OREO(TrainableAgent):
         settings.update(config)
         settings.setdefault("selection", "prm_last_max")
         search_config = BeamSearchConfig(beam_width=beam_width, num_expansions=num_expansions, **settings)
-        return BeamSearch(self.engine, self.env, search_config, prm=self.value_scorer())
+        return BeamSearch(self.engine, self.env, search_config, prm=self.value_scorer(terminal=terminal))
 
     # --- data ---------------------------------------------------------------------------------------------------
 
