@@ -218,7 +218,10 @@ class ValueScorer:
         if finals:
             states = [self._state_values[tuple(parent_ids[id(node)])] for node in finals]
             if self.terminal == "bellman":
-                rows = [(parent_ids[id(node)], self._action_ids(adapter, node), 0) for node in finals]
+                rows = [
+                    (parent_ids[id(node)], self._action_ids(adapter, node, parent_ids[id(node)]), 0)
+                    for node in finals
+                ]
                 for node, (context, response, _) in zip(finals, rows):
                     ledgers[node.problem].prm_tokens += 2 * (len(context) + len(response))
                 states = self._terminal_values(rows, states)
@@ -232,12 +235,21 @@ class ValueScorer:
 
     # --- shared -------------------------------------------------------------------------------------------------
 
-    def _action_ids(self, adapter: Any, node: Any) -> list[int]:
+    def _action_ids(self, adapter: Any, node: Any, parent_ids: list[int]) -> list[int]:
         """The last action's tokens in the training layout: a math step ends with EOS when the solution finished
-        (``node.terminated``) and with the delimiter otherwise; a game command always ends with the delimiter."""
+        (``node.terminated``) and with the delimiter otherwise; a game command in the chat view is the assistant
+        turn the chat template writes (end-of-turn included, as ``oreo_data.conversation_row`` trains it), in
+        the single-turn view the command and the delimiter (``_turn_rows``)."""
         from agents.adapters import TextGameAdapter
 
         eos = self.tokenizer.eos_token_id
+        prompt = adapter.prompt(self.engine, node.parent.info, node.parent.observation)
+        if isinstance(prompt, list) and getattr(self.tokenizer, "chat_template", None):
+            messages = [*prompt, {"role": "assistant", "content": node.action}]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False).rstrip()
+            ids = encode_prompt(self.tokenizer, text)
+            if ids[: len(parent_ids)] == parent_ids and len(ids) > len(parent_ids):
+                return ids[len(parent_ids) :]
         if node.terminated and not isinstance(adapter, TextGameAdapter) and eos is not None:
             ids = list(self.tokenizer(node.action, add_special_tokens=False)["input_ids"])
             return ids + [int(eos)]
