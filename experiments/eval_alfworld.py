@@ -75,6 +75,9 @@ class EvalALFWorldConfig:
     """Games played together (one engine call per turn for the wave)."""
     record: str | None = None
     """Append every game played to this JSONL (recorder schema v1 with the chat)."""
+    calibrate_records: str | None = None
+    """With ``--value``: also the value's calibration on the games of this JSONL of records (e.g. the rollouts OREO
+    trained on, which hold won games when the held-out games have none)."""
     out: str = "runs/alfworld_eval"
     """Output folder."""
     dtype: str = "auto"
@@ -291,10 +294,40 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
         }
         if value_chooser is not None:
             results["modes"][mode]["value_calibration"] = calibration(value_chooser, chats)
+    if value_chooser is not None and config.calibrate_records:
+        chats = recorded_chats(config.calibrate_records)
+        results["recorded_calibration"] = {
+            "file": config.calibrate_records,
+            "games": len(chats),
+            "games_won": sum(c.won for c in chats),
+            **calibration(value_chooser, chats),
+        }
     for env in envs:
         env.close()
     write_outputs(out, results)
     return results
+
+
+def recorded_chats(path: str) -> list[Any]:
+    """The games of a JSONL of chat records as ``GameChat`` objects that render the recorded turns verbatim (the
+    user turns keep whatever admissible commands they showed)."""
+    from agents.game_chat import GameChat
+    from wrappers.recorder import read_trajectories
+
+    chats = []
+    for record in read_trajectories(path):
+        turns = record.get("extras", {}).get("conversations") or []
+        if len(turns) < 2:
+            continue
+        users = [t["content"] for t in turns if t["role"] == "user"]
+        commands = [t["content"] for t in turns if t["role"] == "assistant"]
+        replies = users[1:] + [""]  # the reply to the last command is not part of the training row
+        chat = GameChat(users[0], problem_id=str(record.get("problem_id", "")))
+        for command, reply in zip(commands, replies):
+            chat.add(command, reply, [], None)
+        chat.won = bool(record.get("correct"))
+        chats.append(chat)
+    return chats
 
 
 def table(results: dict[str, Any]) -> str:
@@ -322,6 +355,12 @@ def table(results: dict[str, Any]) -> str:
                 f"{mode}: value on won games {values['won']}, on lost games {values['lost']}, "
                 f"AUC(mean V) {values['auc_mean_v']}"
             )
+    values = results.get("recorded_calibration")
+    if values:
+        lines.append(
+            f"recorded games ({values['file']}: {values['games']}, {values['games_won']} won): value on won "
+            f"games {values['won']}, on lost games {values['lost']}, AUC(mean V) {values['auc_mean_v']}"
+        )
     return "\n".join(lines)
 
 

@@ -439,3 +439,16 @@ def test_grpo_plays_alfworld_games_as_a_chat_and_trains_only_commands(tiny):
     after = [mean_logprob(0), mean_logprob(1)]
     assert after[0] > before[0] and after[1] < before[1]
     assert torch.isfinite(torch.tensor(after)).all()
+
+
+def test_recorded_chats_render_the_recorded_turns(expert_run):
+    """``eval_alfworld --calibrate-records`` reads V over recorded games: their chats render the turns verbatim."""
+    from experiments.eval_alfworld import recorded_chats
+    from wrappers.recorder import read_trajectories
+
+    out, _ = expert_run
+    chats = recorded_chats(str(out / "train.jsonl"))
+    records = list(read_trajectories(out / "train.jsonl"))
+    assert len(chats) == len(records) and all(c.won for c in chats)
+    for chat, record in zip(chats, records):
+        assert chat.conversation() == record["extras"]["conversations"]
