@@ -94,7 +94,9 @@ class OREOArithmeticConfig:
     last step, a position the value loss never trains: the old rule, for comparison). One run per mode and
     budget; runs other than ``bellman`` are named ``value_beam_<mode>@N``."""
     search_runs: tuple[str, ...] = ("greedy", "majority", "value_beam")
-    """Which searches part 2 runs (a subset lets a second process add runs to the same comparison)."""
+    """Which searches part 2 runs (a subset lets a second process add runs to the same comparison);
+    ``value_best_of_n`` adds best-of-N (N = the largest budget) answered by the candidate of highest value, whose
+    candidates also measure how well the value ranks held-out solutions (``value_auc``)."""
 
 
 def _engine(config: OREOArithmeticConfig) -> Any:
@@ -284,6 +286,8 @@ def search_comparison(config: OREOArithmeticConfig, oreo: Any) -> dict[str, Any]
             "compute_cached_per_problem": (generated + spent["new_tokens"]) / count,
             "seconds": time.time() - started,
         }
+        if scorer is not None:
+            rows[name].update(value_ranking(results))
         print(f"{name}: {rows[name]}", flush=True)
 
     common = dict(max_new_tokens=config.max_new_tokens, seed=0, temperature=config.search_temperature)
@@ -305,9 +309,44 @@ def search_comparison(config: OREOArithmeticConfig, oreo: Any) -> dict[str, Any]
                 )
                 name = "value_beam" if terminal == "bellman" else f"value_beam_{terminal}"
                 run(f"{name}@{budget}", search, search.prm)
+        if "value_best_of_n" in config.search_runs:
+            budget = max(config.budgets)
+            for terminal in config.terminals:
+                scorer = oreo.value_scorer(terminal=terminal)
+                best = BestOfN(
+                    oreo.engine, env, BestOfNConfig(n=budget, selection="prm_last_max", **common), prm=scorer
+                )
+                suffix = "" if terminal == "bellman" else f"_{terminal}"
+                run(f"value_best_of_n{suffix}@{budget}", best, scorer)
     env.close()
     print_search_table(rows)
     return rows
+
+
+def value_ranking(results: list[dict[str, Any]]) -> dict[str, float]:
+    """How the value ranks a problem's finished candidates (those that stated an answer): the share of (right,
+    wrong) pairs of one problem where the right one has the higher final value (ties 1/2), over all problems,
+    and the number of such pairs. Measured on held-out problems, never used to choose anything."""
+    wins, pairs = 0.0, 0
+    for result in results:
+        scored = [
+            (scores[-1] if scores else 0.0, bool(right))
+            for scores, right, done in zip(
+                result.get("candidate_scores", []),
+                result.get("candidate_correct", []),
+                result.get("candidate_terminated", []),
+            )
+            if done
+        ]
+        for right_score, right in scored:
+            if not right:
+                continue
+            for wrong_score, other in scored:
+                if other:
+                    continue
+                pairs += 1
+                wins += 1.0 if right_score > wrong_score else 0.5 if right_score == wrong_score else 0.0
+    return {"value_auc": wins / pairs if pairs else float("nan"), "value_pairs": pairs}
 
 
 def print_search_table(rows: dict[str, Any]) -> None:
@@ -318,9 +357,14 @@ def print_search_table(rows: dict[str, Any]) -> None:
     for name, row in rows.items():
         accuracy = f"{row['accuracy']:.3f} ({row['correct']}/{row['problems']})"
         print(
-            f"{name:<22}{accuracy:>16}{row['generated_tokens_per_problem']:>11.1f}"
+            f"{name:<26}{accuracy:>16}{row['generated_tokens_per_problem']:>11.1f}"
             f"{row['value_tokens_per_problem']:>9.1f}{row['ratio_tokens_per_problem']:>14.1f}"
             f"{row['compute_per_problem']:>9.1f}{row['compute_cached_per_problem']:>8.1f}"
+            + (
+                f"  value AUC {row['value_auc']:.3f} ({row['value_pairs']} pairs)"
+                if "value_auc" in row
+                else ""
+            )
         )
 
 

@@ -174,3 +174,22 @@ def test_bellman_needs_the_policy_and_the_reference():
     with pytest.raises(ValueError, match="terminal"):
         ValueScorer(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), Engine(), terminal="last")
     assert ValueScorer(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), Engine()).terminal == "state"
+
+
+def test_value_ranking_counts_right_over_wrong_pairs_within_a_problem():
+    from experiments.oreo_arithmetic import value_ranking
+
+    results = [
+        {  # right 0.9 vs wrong 0.5 and 0.9: 1 + 1/2; the unfinished candidate is ignored
+            "candidate_scores": [[0.1, 0.9], [0.5], [0.9], [0.0]],
+            "candidate_correct": [True, False, False, False],
+            "candidate_terminated": [True, True, True, False],
+        },
+        {  # right 0.2 vs wrong 0.3: 0
+            "candidate_scores": [[0.2], [0.3]],
+            "candidate_correct": [True, False],
+            "candidate_terminated": [True, True],
+        },
+        {"candidate_scores": [[0.4]], "candidate_correct": [True], "candidate_terminated": [True]},  # no pair
+    ]
+    assert value_ranking(results) == {"value_auc": pytest.approx(1.5 / 3), "value_pairs": 3}
