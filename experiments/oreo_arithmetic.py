@@ -289,6 +289,17 @@ def search_comparison(config: OREOArithmeticConfig, oreo: Any) -> dict[str, Any]
         if scorer is not None:
             rows[name].update(value_ranking(results))
         print(f"{name}: {rows[name]}", flush=True)
+        if scorer is not None:  # for reading what the value prefers (results.json only)
+            rows[name]["per_problem"] = [
+                {
+                    "answers": r.get("candidate_answers", []),
+                    "correct": r.get("candidate_correct", []),
+                    "terminated": r.get("candidate_terminated", []),
+                    "values": [scores[-1] if scores else None for scores in r.get("candidate_scores", [])],
+                    "chosen_correct": bool(r["correct"]),
+                }
+                for r in results
+            ]
 
     common = dict(max_new_tokens=config.max_new_tokens, seed=0, temperature=config.search_temperature)
     with oreo.autocast():
@@ -388,7 +399,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["search_from"] = config.search_from
         report["search"] = search_comparison(config, oreo)
         save()
-        print(json.dumps(report["search"], indent=2))
+        print(
+            json.dumps(
+                {
+                    k: {f: v for f, v in row.items() if f != "per_problem"}
+                    for k, row in report["search"].items()
+                },
+                indent=2,
+            )
+        )
         return report
     if "sft" in config.methods:
         from agents.rl.sft import SFT, SFTConfig
