@@ -134,3 +134,33 @@ def newline_prone_vllm(newline_prone_folder: Path):
 def test_vllm_engine_trains_on_the_sampled_ids(newline_prone_vllm, mode: str):
     model, _ = newline_prone_model()  # the trainer's copy of the weights vLLM serves
     assert_trained_on_sampled_tokens(grpo_agent(newline_prone_vllm, model, mode), atol=2e-3)
+
+
+class _NoTables(dict):
+    """A ``StepText._tables`` that never keeps anything: every space builds its own tables (the old behaviour)."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def test_rollout_batch_is_the_same_with_shared_step_text_tables(monkeypatch: pytest.MonkeyPatch):
+    """Sharing the spaces' character tables (``StepText._tables``) changes nothing a rollout produces: the same
+    seed gives the same episodes and the same training batch as spaces that each build their own."""
+    from reasoning_gym.base import STEP_CHARSET
+    from reasoning_gym.spaces import StepText
+
+    def rollout():
+        model, tokenizer = newline_prone_model()
+        agent = grpo_agent(HFEngine(model, tokenizer, num_threads=1), model, "step")
+        episodes = agent.collect(agent.config.prompts_per_update, agent.config.group_size)
+        return episodes, agent.tokenize(episodes)
+
+    shared_episodes, shared_batch = rollout()
+    with monkeypatch.context() as patch:
+        patch.setattr(StepText, "_tables", _NoTables())
+        fresh = [StepText(8, charset=STEP_CHARSET) for _ in range(2)]
+        assert fresh[0].character_list is not fresh[1].character_list  # really built per space
+        own_episodes, own_batch = rollout()
+    assert shared_episodes == own_episodes
+    assert torch.equal(shared_batch.tokens.input_ids, own_batch.tokens.input_ids)
+    assert torch.equal(shared_batch.sampled_logprobs, own_batch.sampled_logprobs)
