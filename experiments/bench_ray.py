@@ -5,7 +5,9 @@ threads in this process) and through RayEngines of 1 and 2 actors (``--threads``
 overhead for 1 actor, at least 1.8x with 2. It also times the weight broadcast (``update_weights``: one
 ``ray.put`` + every actor loads) and one GRPO update on the largest RayEngine (rollout, optimisation, broadcast),
 the inputs of the scaling model in docs/distributed.md. A table on stdout, JSON in ``--out`` (with the CPU
-capability and dtypes).
+capability and dtypes), and a second table of where each workload's wall time went: in remote calls (RayEngine),
+the driver's own CPU, each actor's busy and CPU seconds, and the whole machine's CPU (on a shared machine the
+actors compete with the driver, Ray's own processes and everything else).
 
     python -m experiments.bench_ray                                   # local Ray instance, 1 and 2 actors
     python -m experiments.bench_ray --ray 127.0.0.1:6379 --actors 2   # an existing cluster, by address
@@ -120,22 +122,59 @@ def _rollouts(engine: Any, config: BenchRayConfig) -> dict[str, float]:
     )
 
 
-def _timed(engine: Any, work: Any, problems: int) -> dict[str, float]:
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores, every process), from /proc/stat; None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _actor_counters(engine: Any) -> list[dict[str, float]] | None:
+    status = getattr(engine, "actor_status", None)
+    if not callable(status):
+        return None
+    return [{"busy": s["busy_seconds"], "cpu": s["cpu_seconds"]} if s else {} for s in status()]
+
+
+def _timed(engine: Any, work: Any, problems: int) -> dict[str, Any]:
+    """Throughput of ``work`` and where its time went: the driver's CPU, the time spent in remote calls, each
+    actor's busy and CPU seconds, and the machine's CPU (the actors, the driver, Ray's own processes and
+    anything else running)."""
     reset = getattr(engine, "reset_prefix_cache", None)
     if callable(reset):
         reset()
     before = engine.stats.snapshot()
+    actors_before = _actor_counters(engine)
+    remote_before = getattr(engine, "remote_seconds", None)
+    machine_before = machine_cpu_seconds()
+    driver_before = time.process_time()
     started = time.perf_counter()
     work()
     seconds = time.perf_counter() - started
+    driver = time.process_time() - driver_before
+    machine_after = machine_cpu_seconds()
     tokens = engine.stats.generated_tokens - before["generated_tokens"]
-    return {
+    out: dict[str, Any] = {
         "seconds": seconds,
         "generated_tokens": tokens,
         "tokens_per_s": tokens / seconds,
         "problems_per_s": problems / seconds,
         "engine_calls": engine.stats.calls - before["calls"],
+        "driver_cpu_seconds": driver,
+        "machine_cpu_seconds": None if machine_before is None else machine_after - machine_before,
     }
+    if remote_before is not None:
+        out["remote_seconds"] = engine.remote_seconds - remote_before
+    if actors_before is not None:
+        after = _actor_counters(engine) or []
+        for key in ("busy", "cpu"):
+            out[f"actor_{key}_seconds"] = [
+                a[key] - b[key] if a and b else None for a, b in zip(after, actors_before)
+            ]
+    return out
 
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -249,6 +288,32 @@ def _table(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def _time_table(rows: list[dict[str, Any]]) -> str:
+    """Where each workload's wall time went (seconds; actor values per actor)."""
+    lines = [
+        "| engine | workload | wall s | in remote calls s | driver CPU s | actors busy s | actors CPU s "
+        "| machine CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, list):
+            return " / ".join(fmt(v) for v in value)
+        return f"{value:.1f}"
+
+    for row in rows:
+        for key in ("search", "rollouts"):
+            run = row[key]
+            lines.append(
+                f"| {row['engine']} | {key} | {fmt(run['seconds'])} | {fmt(run.get('remote_seconds'))} | "
+                f"{fmt(run['driver_cpu_seconds'])} | {fmt(run.get('actor_busy_seconds'))} | "
+                f"{fmt(run.get('actor_cpu_seconds'))} | {fmt(run.get('machine_cpu_seconds'))} |"
+            )
+    return "\n".join(lines)
+
+
 def main(config: BenchRayConfig) -> dict[str, Any]:
     import gymnasium as gym
     import torch
@@ -287,6 +352,8 @@ def main(config: BenchRayConfig) -> dict[str, Any]:
     nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")]
     table = _table(rows, base)
     print(table)
+    time_table = _time_table(rows)
+    print(time_table)
     if update:
         print("GRPO update on the largest RayEngine: " + ", ".join(f"{k} {v:.2f}" for k, v in update.items()))
     result = {
@@ -299,6 +366,7 @@ def main(config: BenchRayConfig) -> dict[str, Any]:
         "hardware": hardware_info(model_dtype=next(model.parameters()).dtype),
         "load_average": os.getloadavg(),
         "table": table,
+        "time_table": time_table,
     }
     result["scaling"] = project_scaling(result)
     for n in SCALES:

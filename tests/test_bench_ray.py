@@ -46,3 +46,37 @@ def test_median_run_keeps_every_runs_seconds():
     median = _median_run(runs)
     assert median["seconds"] == 2.0 and median["tokens_per_s"] == 1.5
     assert median["all_seconds"] == [3.0, 1.0, 2.0]
+
+
+class _FakeRayEngine:
+    """Fake (test only): the counters a RayEngine exposes, advanced by a fake workload."""
+
+    def __init__(self) -> None:
+        from agents.engines.base import GenerationStats
+
+        self.stats = GenerationStats()
+        self.remote_seconds = 5.0
+        self.counters = [{"busy_seconds": 1.0, "cpu_seconds": 2.0}, None]
+
+    def actor_status(self) -> list:
+        return [dict(c) if c else None for c in self.counters]
+
+    def work(self) -> None:
+        self.stats.calls += 2
+        self.stats.generated_tokens += 100
+        self.remote_seconds += 0.5
+        self.counters[0] = {"busy_seconds": 1.25, "cpu_seconds": 2.5}
+
+
+def test_timed_reports_where_the_time_went():
+    from experiments.bench_ray import _time_table, _timed
+
+    engine = _FakeRayEngine()
+    run = _timed(engine, engine.work, problems=4)
+    assert run["generated_tokens"] == 100 and run["engine_calls"] == 2
+    assert run["remote_seconds"] == pytest.approx(0.5)
+    assert run["actor_busy_seconds"] == [pytest.approx(0.25), None]  # the second actor did not answer
+    assert run["actor_cpu_seconds"] == [pytest.approx(0.5), None]
+    assert run["driver_cpu_seconds"] >= 0
+    table = _time_table([{"engine": "2 actors", "search": run, "rollouts": run}])
+    assert "| 2 actors | rollouts |" in table and "0.2 / -" in table

@@ -28,7 +28,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +129,7 @@ class EngineActor:
         self.engine = _build_engine(backend, model, tokenizer, threads, dict(engine_kwargs or {}))
         self.version = 0
         self.busy_since: float | None = None
+        self.busy_seconds = 0.0
         self.requests = 0
         self.started = time.time()
 
@@ -149,6 +151,9 @@ class EngineActor:
         return {
             **self.ready(),
             "busy_for": busy,
+            "busy_seconds": self.busy_seconds
+            + (busy or 0.0),  # in compute calls since start (idle = the rest)
+            "cpu_seconds": time.process_time(),  # this process's CPU time, all threads
             "requests": self.requests,
             "stats": self.engine.stats.snapshot(),
         }
@@ -175,6 +180,16 @@ class EngineActor:
             self.load_weights(weights[0], ray.get(weights[1][0]))
 
     # -- work ----------------------------------------------------------------------------------------------------
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Mark a compute call (``status`` shows how long it has run; ``busy_seconds`` sums them)."""
+        self.busy_since = time.time()
+        try:
+            yield
+        finally:
+            self.busy_seconds += time.time() - self.busy_since
+            self.busy_since = None
+
     def generate(
         self,
         weights: tuple[int, list[Any]] | None,
@@ -184,8 +199,7 @@ class EngineActor:
     ) -> list[list[Completion]]:
         """``requests`` = (prompt, samples); one ``engine.generate`` per distinct sample count, results in order."""
         self._catch_up(weights)
-        self.busy_since = time.time()
-        try:
+        with self._busy():
             by_count: dict[int, list[int]] = {}
             for index, (_, count) in enumerate(requests):
                 by_count.setdefault(count, []).append(index)
@@ -201,18 +215,13 @@ class EngineActor:
                     out[i] = group
             self.requests += len(requests)
             return out
-        finally:
-            self.busy_since = None
 
     def score(
         self, weights: tuple[int, list[Any]] | None, prompts: list[Prompt], continuations: list[str]
     ) -> list[list[float]]:
         self._catch_up(weights)
-        self.busy_since = time.time()
-        try:
+        with self._busy():
             return self.engine.score(prompts, continuations)
-        finally:
-            self.busy_since = None
 
     def score_ids(
         self,
@@ -221,7 +230,8 @@ class EngineActor:
         continuation_ids: list[list[int]],
     ) -> list[list[float]]:
         self._catch_up(weights)
-        return self.engine.score_ids(prompt_ids, continuation_ids)
+        with self._busy():
+            return self.engine.score_ids(prompt_ids, continuation_ids)
 
     def reset_prefix_cache(self) -> None:
         reset = getattr(self.engine, "reset_prefix_cache", None)
@@ -381,6 +391,9 @@ class RayEngine(TokenizerPrompts):
         """Seconds the last ``update_weights`` took (put + every actor loaded)."""
         self.last_routes: list[Piece] = []
         """Where the last ``generate`` placed each prompt's samples (before any retry)."""
+        self.remote_seconds = 0.0
+        """Wall seconds this process has spent in remote calls (from submitting the first part to fetching the last
+        result, per call): the rest of a workload's time is the driver's own work between engine calls."""
 
     def _start_actors(
         self,
@@ -682,12 +695,14 @@ class RayEngine(TokenizerPrompts):
             self._mark_down(shard.actor, error, shard.describe, target)
             submit(shard, target)
 
+        started = time.perf_counter()
         for shard in shards:
             submit(shard, shard.actor)
         results: dict[int, Any] = {}
         try:
             self._wait_all(pending, results, failed)
         finally:
+            self.remote_seconds += time.perf_counter() - started
             for ref, shard in pending.items():  # an error left parts queued: do not let them run for nothing
                 try:
                     ray.cancel(ref)
