@@ -88,6 +88,9 @@ class OREOArithmeticConfig:
     """A saved OREO agent folder: skip part 1 and run only part 2 with it (e.g. in another process)."""
     calibration_trajectories: int = 64
     """Training trajectories on which the trained value model's calibration (won vs lost) is measured."""
+    calibration_data: str = ""
+    """With ``search_from``: a trajectories JSONL (the run's ``trajectories_s<seed>.jsonl``) on which to measure the
+    loaded value's calibration (``value_diagnostics``); ``--search-problems 0`` then skips the search."""
     terminals: tuple[str, ...] = ("bellman",)
     """How value beam search values a finished candidate (``agents.rl.oreo_value.TERMINAL_MODES``): ``bellman``
     (V(s_last) + beta * log pi / pi_ref of the last step), ``state`` (V(s_last)) or ``after`` (V read after the
@@ -132,7 +135,9 @@ def _greedy_accuracy(agent: Any, config: OREOArithmeticConfig) -> dict[str, floa
 def value_diagnostics(oreo: Any, count: int) -> dict[str, float]:
     """The trained OREO on its first ``count`` training trajectories, won (R = 1) vs lost (R = 0): V's mean over
     each trajectory's states, the mean log pi / pi_ref per action token, and the AUC of V's mean for telling won
-    from lost (0.5: no better than chance). In-sample: it says whether V fitted, not whether it generalises."""
+    from lost (0.5: no better than chance), over all pairs (``value_auc``: a V that only knows which problems are
+    easy scores high on it) and over the pairs of one problem (``value_auc_within_problem``: what a search needs,
+    since it compares candidates of one problem). In-sample: it says whether V fitted, not whether it generalises."""
     import torch
 
     from agents.rl.oreo import TrajectoryBatch
@@ -153,13 +158,20 @@ def value_diagnostics(oreo: Any, count: int) -> dict[str, float]:
     def mean(xs: list[float], rows: list[int]) -> float:
         return sum(xs[i] for i in rows) / len(rows) if rows else float("nan")
 
-    pairs = [(values[w] > values[o]) + 0.5 * (values[w] == values[o]) for w in won for o in lost]
+    def pair(w: int, o: int) -> float:
+        return float(values[w] > values[o]) + 0.5 * float(values[w] == values[o])
+
+    questions = [oreo.pool[i].question for i in indices]
+    pairs = [pair(w, o) for w in won for o in lost]
+    within = [pair(w, o) for w in won for o in lost if questions[w] == questions[o]]
     return {
         "trajectories": len(indices),
         "won": len(won),
         "value_won": mean(values, won),
         "value_lost": mean(values, lost),
         "value_auc": sum(pairs) / len(pairs) if pairs else float("nan"),
+        "value_auc_within_problem": sum(within) / len(within) if within else float("nan"),
+        "within_problem_pairs": len(within),
         "log_ratio_won": mean(ratios, won),
         "log_ratio_lost": mean(ratios, lost),
     }
@@ -397,6 +409,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         oreo = OREO.load(config.search_from, _engine(config), ENV_ID, env_kwargs={"level": config.level})
         report["search_from"] = config.search_from
+        if config.calibration_data:
+            oreo.add_data(config.calibration_data)
+            report["oreo_value"] = value_diagnostics(oreo, config.calibration_trajectories)
+            print(f"oreo value on training trajectories {report['oreo_value']}", flush=True)
+            save()
+        if not config.search_problems:
+            return report
         report["search"] = search_comparison(config, oreo)
         save()
         print(
