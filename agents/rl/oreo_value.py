@@ -67,7 +67,8 @@ class ValueScorer:
     ``adapter`` render prompts exactly as the policy reads them. ``log_probs`` (``OREO.action_logprobs``) and
     ``beta`` give finished candidates their soft-Bellman value; ``terminal`` picks the rule (default
     ``"bellman"`` when ``log_probs`` is given, else ``"state"``). ``tokens_read`` / ``new_tokens`` / ``calls``
-    count the work of every pass (``ratio_tokens_read``: the policy and reference passes alone).
+    count the work of every pass (``ratio_tokens_read``: the policy and reference passes alone). V of a prompt is
+    cached by its tokens, so a scorer assumes a fixed value model: build a new one after further training.
     """
 
     name = "value"
