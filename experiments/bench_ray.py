@@ -27,6 +27,8 @@ from typing import Any
 
 import tyro
 
+from agents.engines.prompting import TokenizerPrompts
+
 __all__ = ["BenchRayConfig", "main", "project_scaling"]
 
 
@@ -73,6 +75,10 @@ class BenchRayConfig:
     """Weight broadcasts timed per RayEngine (the median is reported)."""
     grpo_update: bool = True
     """Time one full GRPO update (rollout + optimisation + broadcast) on the largest RayEngine."""
+    split_check: int = 0
+    """If > 0: also run the rollouts in this process through a ``SplitEngine`` of that many parts (each call routed
+    and seeded as a RayEngine of that many actors would, each part on its own engine, one after the other): what
+    splitting costs without Ray or contention, and the speed-up ceiling (the sum over calls of the slowest part)."""
     seed: int = 0
     """Problems and sampling."""
     out: str = "runs/bench_ray/results.json"
@@ -196,6 +202,100 @@ def _measure(
         flush=True,
     )
     return row
+
+
+class SplitEngine(TokenizerPrompts):
+    """Each ``generate`` call split as a RayEngine of ``num_actors`` actors splits it (its ``PrefixRouter``, its
+    per-piece seeds, ``EngineActor.generate``), each actor's part run by an in-process ``EngineActor`` (its own
+    HFEngine and prefix cache) one after the other, and timed: the parts' seconds add up to the work the actors
+    share, each call's slowest part is what it would take on idle cores. Same samples as the RayEngine (tested).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, num_actors: int, threads: int = 1, seed: int = 0) -> None:
+        import random
+
+        import torch
+
+        from agents.engines.base import GenerationStats
+        from agents.engines.prompting import DEFAULT_STEP_DELIMITER
+        from agents.engines.ray_engine import EngineActor
+        from agents.engines.routing import PrefixRouter
+
+        with torch.random.fork_rng():  # EngineActor seeds its process's RNGs: keep this process's as they are
+            state = random.getstate()
+            self.actors = [
+                EngineActor(f"part-{i}", "hf", model, tokenizer, threads=threads, seed=seed + i)
+                for i in range(num_actors)
+            ]
+            random.setstate(state)
+        self._tokenizer = tokenizer
+        self.model = model
+        self.step_delimiter = DEFAULT_STEP_DELIMITER
+        self.router = PrefixRouter(num_actors)
+        self.stats = GenerationStats()
+        self._rng = random.Random(seed)
+        self.part_seconds: list[list[float]] = []
+        """Per call, each actor's seconds (0 for an actor that got nothing)."""
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def generate(
+        self, prompts: Any, *, n: int = 1, seed: int | None = None, **options: Any
+    ) -> list[list[Any]]:
+        from agents.engines.base import check_generate_args
+        from agents.engines.ray_engine import _mixed_seed
+
+        options = {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "stop": None, **options}
+        options["stop"] = check_generate_args(
+            prompts, n, options["max_new_tokens"], options["temperature"], options["top_p"], options["stop"]
+        )
+        texts = [self.render(p) for p in prompts]
+        encoded = [self.encode(text) for text in texts]
+        base_seed = seed if seed is not None else self._rng.randrange(2**31)
+        live = list(range(len(self.actors)))
+        pieces = self.router.route(encoded, [n] * len(texts), live, [0.0] * len(live))
+        by_actor: dict[int, list[Any]] = {}
+        for piece in pieces:
+            by_actor.setdefault(piece.actor, []).append(piece)
+        parts: list[list[tuple[int, list[Any]]]] = [[] for _ in texts]
+        seconds = [0.0] * len(live)
+        for actor, own in by_actor.items():
+            started = time.perf_counter()
+            outputs = self.actors[actor].generate(
+                None,
+                [(texts[p.prompt], p.samples) for p in own],
+                options,
+                _mixed_seed(base_seed, own[0].prompt, own[0].first),
+            )
+            seconds[actor] = time.perf_counter() - started
+            for piece, completions in zip(own, outputs):
+                parts[piece.prompt].append((piece.first, completions))
+                for completion in completions:
+                    self.router.observe(actor, encoded[piece.prompt] + list(completion.token_ids))
+        self.part_seconds.append(seconds)
+        groups = [[c for _, cs in sorted(own, key=lambda x: x[0]) for c in cs] for own in parts]
+        self.stats.record(groups)
+        return groups
+
+
+def _split_check(
+    model: Any, tokenizer: Any, config: BenchRayConfig, in_process: dict | None
+) -> dict[str, Any]:
+    engine = SplitEngine(model, tokenizer, config.split_check, config.threads, config.seed)
+    run = _rollouts(engine, config)
+    calls = engine.part_seconds
+    out = {
+        "parts": config.split_check,
+        "rollouts": run,
+        "part_seconds": calls,
+        "sum_of_parts_seconds": sum(map(sum, calls)),
+        "slowest_parts_seconds": sum(map(max, calls)),
+    }
+    if in_process:
+        out["ceiling_vs_in_process"] = in_process["rollouts"]["seconds"] / out["slowest_parts_seconds"]
+    return out
 
 
 def _broadcast(engine: Any, model: Any, times: int) -> float:
@@ -339,7 +439,20 @@ def main(config: BenchRayConfig) -> dict[str, Any]:
     if config.in_process:
         base = _measure("in-process", local, config, env, problems)
         rows.append(base)
-    ray = connect(config.ray, num_cpus=max(config.actors) * config.threads if config.ray is None else None)
+    split = _split_check(model, tokenizer, config, base) if config.split_check > 0 else None
+    if split:
+        print(
+            f"rollouts split over {split['parts']} parts in this process: {split['rollouts']['seconds']:.1f} s in "
+            f"all, parts {split['sum_of_parts_seconds']:.1f} s, slowest part of each call summed "
+            f"{split['slowest_parts_seconds']:.1f} s"
+            + (f" (ceiling {split['ceiling_vs_in_process']:.2f}x in-process)" if base else ""),
+            flush=True,
+        )
+    ray = None
+    if config.actors:
+        ray = connect(
+            config.ray, num_cpus=max(config.actors) * config.threads if config.ray is None else None
+        )
     update = None
     for count in config.actors:
         with RayEngine(model, tokenizer, num_actors=count, threads_per_actor=config.threads) as engine:
@@ -349,7 +462,9 @@ def main(config: BenchRayConfig) -> dict[str, Any]:
             if config.grpo_update and count == max(config.actors):
                 update = _grpo_update(engine, config)
             rows.append(row)
-    nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")]
+    nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")] if ray else []
+    if ray is not None and config.ray is None:
+        ray.shutdown()  # the private local instance started above
     table = _table(rows, base)
     print(table)
     time_table = _time_table(rows)
@@ -362,6 +477,7 @@ def main(config: BenchRayConfig) -> dict[str, Any]:
         "ray_nodes": nodes,
         "rows": rows,
         "grpo_update": update,
+        "split_check": split,
         "parameters": sum(p.numel() for p in model.parameters()),
         "hardware": hardware_info(model_dtype=next(model.parameters()).dtype),
         "load_average": os.getloadavg(),

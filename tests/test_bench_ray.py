@@ -80,3 +80,23 @@ def test_timed_reports_where_the_time_went():
     assert run["driver_cpu_seconds"] >= 0
     table = _time_table([{"engine": "2 actors", "search": run, "rollouts": run}])
     assert "| 2 actors | rollouts |" in table and "0.2 / -" in table
+
+
+def test_split_engine_returns_every_sample_in_order_and_times_each_part():
+    from agents.engines.testing import byte_level_tokenizer, tiny_model
+    from experiments.bench_ray import SplitEngine
+
+    tokenizer = byte_level_tokenizer()
+    model, _ = tiny_model(0, tokenizer=tokenizer)
+    split = SplitEngine(model, tokenizer, num_actors=2)
+    prompts = [f"Problem {i}: {i} + {i} =" for i in range(5)]
+    groups = split.generate(prompts, n=3, max_new_tokens=4, temperature=1.0, seed=3)
+    assert [len(g) for g in groups] == [3] * 5
+    assert len(split.part_seconds) == 1 and all(seconds > 0 for seconds in split.part_seconds[0])
+    assert split.stats.calls == 1 and split.stats.generated_tokens == sum(
+        len(c.token_ids) for g in groups for c in g
+    )
+    again = SplitEngine(model, tokenizer, num_actors=2).generate(
+        prompts, n=3, max_new_tokens=4, temperature=1.0, seed=3
+    )
+    assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in groups]

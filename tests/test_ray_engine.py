@@ -85,6 +85,20 @@ def test_samples_are_distinct_across_actors_and_reproducible(engine):
     assert len({tuple(c.token_ids) for c in split[0]}) > 1
 
 
+def test_bench_split_engine_samples_what_the_ray_engine_samples(engine, tokenizer):
+    """bench_ray's SplitEngine (the same split, run in this process) must sample exactly what the RayEngine does,
+    or its ceiling would be measured on other work."""
+    from experiments.bench_ray import SplitEngine
+
+    prompts = [PROMPTS[0]] * 3 + PROMPTS[1:4]
+    engine.reset_prefix_cache()
+    want = engine.generate(prompts, n=2, max_new_tokens=6, temperature=1.0, seed=11)
+    split = SplitEngine(engine.model, tokenizer, num_actors=2)
+    got = split.generate(prompts, n=2, max_new_tokens=6, temperature=1.0, seed=11)
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+    assert len(split.part_seconds) == 1 and all(seconds > 0 for seconds in split.part_seconds[0])
+
+
 def test_children_go_to_the_actor_that_generated_their_parent(engine):
     parents = [engine.step_prompt(f"What is {i} times 3?", [], "Solve step by step.") for i in range(4)]
     steps = engine.generate(parents, max_new_tokens=12, temperature=0, stop=["\n\n"])
