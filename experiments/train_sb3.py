@@ -51,6 +51,7 @@ __all__ = [
     "main",
     "measure_env_speed",
     "paired_comparison",
+    "within_state_ranking",
 ]
 
 
@@ -404,6 +405,70 @@ def decision_agreement(
     return {"agreement": same / decisions if decisions else float("nan"), "decision_states": decisions}
 
 
+def _replay(env: Any, problem_id: str, prefix: tuple[int, ...]) -> tuple[np.ndarray | None, bool]:
+    """Play ``prefix`` from the problem's start: (the features reached, None if the episode ended; its success)."""
+    from wrappers.candidate_choice import feature_matrix
+
+    observation, _ = env.reset(options={"problem_id": problem_id})
+    for action in prefix:
+        observation, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return None, bool(info.get("is_success", False))
+    return feature_matrix(observation), False
+
+
+def _solvable(env: Any, problem_id: str, prefix: tuple[int, ...], memo: dict[tuple[int, ...], bool]) -> bool:
+    """Whether some path after ``prefix`` solves the problem (every child is visited, so ``memo`` holds the tree)."""
+    if prefix not in memo:
+        rows, success = _replay(env, problem_id, prefix)
+        if rows is not None:
+            children = [_solvable(env, problem_id, (*prefix, int(slot)), memo) for slot in _valid_slots(rows)]
+            success = any(children)
+        memo[prefix] = success
+    return memo[prefix]
+
+
+def within_state_ranking(
+    env: Any,
+    problem_ids: Sequence[str],
+    features: Sequence[str] = ("share", "mean_logprob", "agreement", "score"),
+) -> dict[str, Any]:
+    """How well each feature orders the candidates of one state: over every state that holds both a candidate from
+    which some path solves the problem ("right") and one from which none does ("wrong"), the share of such pairs
+    the feature ranks right first (ties count half). Also the ceiling (problems some path solves).
+
+    Why: a selector reads these features only; when the best of them orders the pairs well and the rest add nothing,
+    no selector over them can beat the rule built on that feature. Walks each problem's cached tree by replaying
+    action prefixes (cheap: the view runs from the cache)."""
+    from wrappers.candidate_choice import FEATURES
+
+    right_first = {name: 0.0 for name in features}
+    pairs = solved = 0
+    for problem_id in problem_ids:
+        memo: dict[tuple[int, ...], bool] = {}
+        solved += _solvable(env, problem_id, (), memo)
+        for prefix in sorted(memo, key=len):
+            rows, _ = _replay(env, problem_id, prefix)
+            if rows is None:
+                continue
+            slots = [int(slot) for slot in _valid_slots(rows)]
+            good = [slot for slot in slots if memo[(*prefix, slot)]]
+            bad = [slot for slot in slots if not memo[(*prefix, slot)]]
+            for right, wrong in ((r, w) for r in good for w in bad):
+                pairs += 1
+                for name in features:
+                    column = FEATURES.index(name)
+                    difference = rows[right, column] - rows[wrong, column]
+                    right_first[name] += 1.0 if difference > 0 else 0.5 if difference == 0 else 0.0
+    return {
+        "pairs": pairs,
+        "ceiling": solved / max(1, len(problem_ids)),
+        "pair_accuracy": {
+            name: (value / pairs if pairs else float("nan")) for name, value in right_first.items()
+        },
+    }
+
+
 def measure_env_speed(make: Callable[[], Any], steps: int, seed: int = 0, warmup: int = 500) -> float:
     """Env steps per second of the view under uniformly random valid choices (resets included), after ``warmup``
     untimed steps (the first judgements start the math-verify worker, about a second once per process)."""
@@ -571,6 +636,15 @@ def train_and_evaluate(
             f"  {rule:>14}: held-out success {results['rules'][rule]['success']:.3f}, "
             f"training problems {on_train['success']:.3f}"
         )
+    if config.task == "arithmetic":
+        for name, env, ids in (("training", train_env, train_ids), ("held_out", test_env, test_ids)):
+            ranking = within_state_ranking(env, ids)
+            results[f"within_state_ranking_{name}"] = ranking
+            accuracy = ", ".join(f"{key} {value:.3f}" for key, value in ranking["pair_accuracy"].items())
+            print(
+                f"  {name} problems: ceiling {ranking['ceiling']:.3f}; within-state (right, wrong) pairs "
+                f"{ranking['pairs']}, ordered right by {accuracy}"
+            )
     reference, best_held_out = reference_rules(results)
     results["reference_rule"], results["best_held_out_rule"] = reference, best_held_out
     print(f"  reference rule (best on the training problems): {reference}; best on held-out: {best_held_out}")

@@ -487,7 +487,13 @@ def test_merged_cache_parts(tmp_path):
 
 
 def test_paired_comparison_and_decision_agreement():
-    from experiments.train_sb3 import HAND_RULES, decision_agreement, evaluate_selector, paired_comparison
+    from experiments.train_sb3 import (
+        HAND_RULES,
+        decision_agreement,
+        evaluate_selector,
+        paired_comparison,
+        within_state_ranking,
+    )
 
     # 10 problems: a wins 4, loses 1, ties 5
     a = [1, 1, 1, 1, 0, 1, 1, 0, 0, 0]
@@ -508,6 +514,12 @@ def test_paired_comparison_and_decision_agreement():
     assert (
         decision_agreement(env, ids, HAND_RULES["most_sampled"], HAND_RULES["likelihood"])["agreement"] == 0.0
     )
+    ranking = within_state_ranking(env, ids)  # the right answer is less sampled but more likely: known orders
+    assert ranking["ceiling"] == 1.0 and ranking["pairs"] == 6
+    assert ranking["pair_accuracy"]["share"] == 0.0 and ranking["pair_accuracy"]["mean_logprob"] == 1.0
+    assert (
+        ranking["pair_accuracy"]["agreement"] == 0.0 and ranking["pair_accuracy"]["score"] == 0.5
+    )  # no scorer
 
 
 def test_train_sb3_end_to_end_on_cache_parts(tmp_path, capsys):
