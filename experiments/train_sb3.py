@@ -16,7 +16,15 @@ selector plays one episode per held-out problem over the same candidates:
   last number), duplicates counted as votes;
 - ``goal_overlap`` (ALFWorld): the candidate sharing most words with the goal among those not taken before;
 - ``explore`` (ALFWorld): a random command among those neither taken before nor going to a visited place;
-- ``goal_explore`` (ALFWorld): the same fresh commands, most goal words first, ties broken at random.
+- ``goal_explore`` (ALFWorld): the same fresh commands, most goal words first, ties broken at random;
+- ``goal_seek`` (ALFWorld): a pick-and-place plan from the goal features (``object_in_goal``, ``target_in_goal``,
+  ``holding``): put / transform / take the goal's object, carry it to the goal's places, else open and explore.
+
+The comparison that decides "does the learned selector match the best rule": the *reference rule* is the rule best on
+the training problems (chosen without the held-out ones), and every seed is compared with it problem by problem on
+the held-out set (``paired_comparison``: difference, bootstrap interval, wins / losses, sign test), plus the share of
+decisions where it takes the rule's candidate (``decision_agreement``). Arithmetic also prints how well each feature
+orders the candidates of one state (``within_state_ranking``).
 
 Arithmetic reads two caches written by ``experiments/collect_candidates.py`` (training and held-out problems);
 ALFWorld plays generated games of several task types, admissible commands as candidates, without an engine (train split
