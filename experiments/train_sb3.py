@@ -264,7 +264,7 @@ def _goal_seek(features: np.ndarray, env: Any, rng: np.random.Generator) -> int:
     """A pick-and-place plan from the command features alone (ALFWorld): act on the goal's object when possible
     (transform it, or put it where the goal says), else take it, else (carrying it) go to the goal's places, else open
     what is closed here, else explore places not visited; ties at random. Written so that the slot scorer can
-    express it (every test is one feature or a product of two)."""
+    express it (every stage is a conjunction of at most four binary features)."""
     from wrappers.candidate_choice import FEATURES
 
     valid = _valid_slots(features)
