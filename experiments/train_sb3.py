@@ -20,6 +20,9 @@ selector plays one episode per held-out problem over the same candidates:
 - ``goal_seek`` (ALFWorld): a pick-and-place plan from the goal features (``object_in_goal``, ``target_in_goal``,
   ``holding``): put / transform / take the goal's object, carry it to the goal's places, else open and explore.
 
+``--warm-start reference`` first clones the reference rule (below) into the policy (``agents.demonstrations``), so RL
+refines the rule instead of starting from a random selector; the step-0 validation checkpoint is then the clone.
+
 The comparison that decides "does the learned selector match the best rule": the *reference rule* is the rule best on
 the training problems (chosen without the held-out ones), and every seed is compared with it problem by problem on
 the held-out set (``paired_comparison``: difference, bootstrap interval, wins / losses, sign test), plus the share of
@@ -120,6 +123,15 @@ class TrainSB3Config:
     """Only print the table of every ``<task>_*.json`` in ``out_dir`` (no training)."""
     threads: int = 1
     """Torch CPU threads."""
+    warm_start: str = "none"
+    """``none``: RL from a random initialisation. ``reference``: before RL, clone the reference rule (the rule best on
+    the training problems) on the fit problems (``agents.demonstrations``: behaviour cloning with a Monte-Carlo
+    critic; DQN: DQfD's large-margin loss), so RL refines the rule, and the validation checkpoint at step 0 is the
+    clone. Or a rule's name (``goal_seek``, ``likelihood``, ...)."""
+    clone_epochs: int = 30
+    """Epochs of cloning over the demonstrations (``warm_start`` only)."""
+    warm_start_exploration: float = 0.1
+    """DQN after a warm start: the initial epsilon of its schedule (1.0 from scratch would first act at random)."""
 
 
 # -- envs -----------------------------------------------------------------------------------------------------------
@@ -413,6 +425,39 @@ def decision_agreement(
     return {"agreement": same / decisions if decisions else float("nan"), "decision_states": decisions}
 
 
+def rule_demonstrations(
+    env: Any,
+    problem_ids: Sequence[str],
+    choose: Callable[[np.ndarray, Any, np.random.Generator], int],
+    episodes: int = 1,
+    gamma: float = 0.99,
+    seed: int = 0,
+) -> Any:
+    """The states ``choose`` visits on ``problem_ids`` (flat observations), its actions and the discounted return
+    from each state on: what ``agents.demonstrations.clone_into`` fits."""
+    from agents.demonstrations import Demonstrations, discounted_returns
+    from wrappers.candidate_choice import feature_matrix
+
+    rng = np.random.default_rng(seed)
+    observations: list[np.ndarray] = []
+    actions: list[int] = []
+    returns: list[float] = []
+    for problem_id in problem_ids:
+        for _ in range(episodes):
+            observation, _ = env.reset(options={"problem_id": problem_id})
+            rewards: list[float] = []
+            done = False
+            while not done:
+                action = choose(feature_matrix(observation), env, rng)
+                observations.append(np.asarray(observation, dtype=np.float32).ravel())
+                actions.append(action)
+                observation, reward, terminated, truncated, _ = env.step(action)
+                rewards.append(float(reward))
+                done = terminated or truncated
+            returns += discounted_returns(rewards, gamma)
+    return Demonstrations(np.stack(observations), np.asarray(actions), np.asarray(returns))
+
+
 def _replay(env: Any, problem_id: str, prefix: tuple[int, ...]) -> tuple[np.ndarray | None, bool]:
     """Play ``prefix`` from the problem's start: (the features reached, None if the episode ended; its success)."""
     from wrappers.candidate_choice import feature_matrix
@@ -532,6 +577,7 @@ def make_model(config: TrainSB3Config, env: Any, seed: int, log_dir: Path) -> An
             exploration_fraction=0.3,
             target_update_interval=500,
             train_freq=4,
+            exploration_initial_eps=1.0 if config.warm_start == "none" else config.warm_start_exploration,
             **common,
         )
     model.set_logger(configure(str(log_dir), ["csv"]))
@@ -575,7 +621,7 @@ def _selector(model: Any) -> Callable[[np.ndarray, Any, np.random.Generator], in
 
 
 def make_validation_callback(model_env: Any, problem_ids: Sequence[str], every: int) -> Any:
-    """An SB3 callback: every ``every`` env steps (and at the end) the deterministic selector plays the validation
+    """An SB3 callback: at the start, every ``every`` env steps and at the end the deterministic selector plays the validation
     problems; the weights with the best success (then return; the earliest on ties) are kept and restored."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -596,6 +642,9 @@ def make_validation_callback(model_env: Any, problem_ids: Sequence[str], every: 
             if self.best is None or rank > self.best:
                 self.best, self.best_steps = rank, self.num_timesteps
                 self.best_state = copy.deepcopy(self.model.policy.state_dict())
+
+        def _on_training_start(self) -> None:
+            self._validate()  # the initial weights are a candidate too (after a warm start: the cloned rule)
 
         def _on_step(self) -> bool:
             if self.num_timesteps >= self._next:
@@ -656,11 +705,28 @@ def train_and_evaluate(
     reference, best_held_out = reference_rules(results)
     results["reference_rule"], results["best_held_out_rule"] = reference, best_held_out
     print(f"  reference rule (best on the training problems): {reference}; best on held-out: {best_held_out}")
+    demonstrations, demonstrator = None, warm_start_rule(config, reference)
+    if demonstrator is not None:
+        episodes = config.random_episodes if demonstrator in RANDOMISED_RULES else 1
+        demonstrations = rule_demonstrations(train_env, fit_ids, HAND_RULES[demonstrator], episodes)
+        results["warm_start"] = {"rule": demonstrator, "states": len(demonstrations.actions)}
+        print(
+            f"  warm start: cloning {demonstrator} on {len(demonstrations.actions)} states of the fit problems"
+        )
     for seed in config.seeds:
         torch.manual_seed(seed)
         log_dir = out / f"{config.task}_{run_name(config)}_s{seed}"
         env = vector_env(config, make_train, fit_ids, seed)
         model = make_model(config, env, seed, log_dir)
+        clone = None
+        if demonstrations is not None:
+            from agents.demonstrations import clone_into
+
+            clone = clone_into(model, demonstrations, epochs=config.clone_epochs, seed=seed)
+            print(
+                f"  {config.algo} seed {seed}: clone takes the demonstrator's action in {clone['agreement']:.3f} "
+                f"of its states (action loss {clone['action_loss']:.3f})"
+            )
         callback = None
         if validation_ids:
             callback = make_validation_callback(train_env, validation_ids, config.eval_every)
@@ -675,6 +741,7 @@ def train_and_evaluate(
             "train_seconds": seconds,
             "train_fps": config.total_timesteps / seconds,
             "chosen_steps": callback.best_steps if callback else config.total_timesteps,
+            "clone": clone,
             "validation_curve": callback.curve if callback else [],
             "held_out": evaluate_selector(test_env, test_ids, learned),
             "train_problems": evaluate_selector(train_env, train_eval_ids, learned),
@@ -730,8 +797,22 @@ def _paired_text(paired: dict[str, float]) -> str:
 
 
 def run_name(config: TrainSB3Config) -> str:
-    """``ppo`` for the slot-scorer policy, ``ppo-mlp`` for SB3's MlpPolicy (file and plot names)."""
-    return config.algo if config.policy == "slot" else f"{config.algo}-mlp"
+    """``ppo`` for the slot-scorer policy, ``ppo-mlp`` for SB3's MlpPolicy, ``+clone`` after a warm start (file and
+    plot names)."""
+    name = config.algo if config.policy == "slot" else f"{config.algo}-mlp"
+    return name if config.warm_start == "none" else f"{name}+clone"
+
+
+def warm_start_rule(config: TrainSB3Config, reference: str | None) -> str | None:
+    """The rule a warm start clones (None: no warm start)."""
+    if config.warm_start == "none":
+        return None
+    rule = reference if config.warm_start == "reference" else config.warm_start
+    if rule not in HAND_RULES:
+        raise ValueError(
+            f"warm_start {config.warm_start!r}: choose none, reference or one of {sorted(HAND_RULES)}"
+        )
+    return rule
 
 
 def make_train_env(make: Callable[[], Any], problem_ids: Sequence[str]) -> Any:
@@ -866,6 +947,10 @@ def main(config: TrainSB3Config) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(config.threads)
+    if config.warm_start not in ("none", "reference", *HAND_RULES):
+        raise ValueError(
+            f"warm_start {config.warm_start!r}: choose none, reference or one of {sorted(HAND_RULES)}"
+        )
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.summary_only:

@@ -4,6 +4,7 @@ semantics on hand-made candidates, the candidate cache, SB3's vector envs and a 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -427,7 +428,7 @@ def test_slot_policies_learn_and_early_stopping_keeps_the_best_checkpoint(algo, 
         model = DQN(SlotQPolicy, env, learning_starts=64, exploration_fraction=0.3, seed=0, device="cpu")
     callback = make_validation_callback(validation_env, validation_ids, every=256)
     model.learn(total_timesteps=1024, callback=callback)
-    assert [point["steps"] for point in callback.curve] == [256, 512, 768, 1024]
+    assert [point["steps"] for point in callback.curve] == [0, 256, 512, 768, 1024]  # the start counts
     best = max(point["success"] for point in callback.curve)
     assert best == 1.0
     assert evaluate_selector(validation_env, validation_ids, _selector(model))["success"] == best  # restored
@@ -435,6 +436,39 @@ def test_slot_policies_learn_and_early_stopping_keeps_the_best_checkpoint(algo, 
     model.save(tmp_path / "model")
     loaded = (PPO if algo == "ppo" else DQN).load(tmp_path / "model", device="cpu")
     assert evaluate_selector(test_env, test_ids, _selector(loaded))["success"] == 1.0
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn"])
+@pytest.mark.parametrize(("demonstrator", "held_out_success"), [("most_sampled", 0.0), ("likelihood", 1.0)])
+def test_warm_start_clones_the_demonstrator_whatever_it_is(algo, demonstrator, held_out_success):
+    """Cloning copies the demonstrator's choices to unseen problems, a wrong rule (slot 0) as faithfully as the right
+    one, and the critic / Q-values start at the demonstrator's returns."""
+    import torch
+    from stable_baselines3 import A2C, DQN, PPO
+
+    from agents.demonstrations import clone_into
+    from agents.slot_policy import SlotQPolicy, SlotScorerPolicy
+    from experiments.train_sb3 import HAND_RULES, _selector, evaluate_selector, rule_demonstrations
+
+    train_ids, test_ids = [f"L2-{i}" for i in range(16)], [f"L2-{i}" for i in range(100, 108)]
+    cache = hand_made_cache(train_ids + test_ids)
+    env = CandidateChoice.from_cache(arithmetic(), cache, problem_ids=train_ids)
+    test_env = CandidateChoice.from_cache(arithmetic(), cache, problem_ids=test_ids)
+    model = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[algo](
+        SlotQPolicy if algo == "dqn" else SlotScorerPolicy, env, seed=0, device="cpu"
+    )
+    demonstrations = rule_demonstrations(env, train_ids, HAND_RULES[demonstrator])
+    assert len(demonstrations.actions) == 16 and set(demonstrations.returns) == {held_out_success}
+    stats = clone_into(model, demonstrations, epochs=200, learning_rate=3e-3)
+    assert stats["agreement"] == 1.0
+    assert evaluate_selector(test_env, test_ids, _selector(model))["success"] == held_out_success
+    observations = torch.as_tensor(demonstrations.observations)
+    with torch.no_grad():
+        if algo == "dqn":
+            values = model.q_net(observations).gather(1, torch.as_tensor(demonstrations.actions)[:, None])
+        else:
+            values = model.policy.predict_values(observations)
+    assert torch.allclose(values.flatten(), torch.full((16,), held_out_success), atol=0.15)
 
 
 def test_slot_scorer_expresses_most_sampled_exactly():
@@ -552,3 +586,16 @@ def test_train_sb3_end_to_end_on_cache_parts(tmp_path, capsys):
     assert "| likelihood (reference) | 1.000 | 1.000 |" in capsys.readouterr().out
     main(TrainSB3Config(out_dir=str(tmp_path / "out"), summary_only=True))
     assert "ppo seed 0" in capsys.readouterr().out
+
+    # Warm start: the reference rule is cloned on the fit problems before RL, and the clone is the step-0 checkpoint.
+    warm = main(replace(config, warm_start="reference", clone_epochs=200))
+    row = warm["results"]["learned"][0]
+    assert warm["results"]["warm_start"] == {
+        "rule": "likelihood",
+        "states": 12,
+    }  # the 12 fit problems, one step each
+    assert row["clone"]["agreement"] == 1.0 and row["validation_curve"][0]["steps"] == 0
+    assert row["validation_curve"][0]["success"] == 1.0 and row["held_out"]["success"] == 1.0
+    assert (tmp_path / "out" / "arithmetic_ppo+clone.json").exists()
+    with pytest.raises(ValueError, match="warm_start 'nope'"):
+        main(replace(config, warm_start="nope"))
