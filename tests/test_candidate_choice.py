@@ -438,6 +438,34 @@ def test_slot_policies_learn_and_early_stopping_keeps_the_best_checkpoint(algo, 
     assert evaluate_selector(test_env, test_ids, _selector(loaded))["success"] == 1.0
 
 
+def test_sampled_selector_draws_from_the_policy_reproducibly():
+    """``_selector(model, deterministic=False)`` draws slots in proportion to the policy's probabilities with the
+    evaluation's generator (the same seed, the same draws); DQN, which has no distribution, is refused."""
+    import torch
+    from stable_baselines3 import DQN, PPO
+
+    from agents.slot_policy import SlotQPolicy, SlotScorerPolicy
+    from experiments.train_sb3 import _selector
+
+    ids = [f"L2-{i}" for i in range(4)]
+    env = CandidateChoice.from_cache(arithmetic(), hand_made_cache(ids), problem_ids=ids)
+    model = PPO(SlotScorerPolicy, env, seed=0, device="cpu")
+    observation, _ = env.reset(options={"problem_id": ids[0]})
+    features = feature_matrix(observation)
+    tensor, _ = model.policy.obs_to_tensor(observation)
+    with torch.no_grad():
+        probs = model.policy.get_distribution(tensor).distribution.probs[0].numpy()
+    sampled = _selector(model, deterministic=False)
+    draws = [sampled(features, env, rng) for rng in [np.random.default_rng(7)] for _ in range(4000)]
+    again = [sampled(features, env, rng) for rng in [np.random.default_rng(7)] for _ in range(4000)]
+    assert draws == again
+    frequencies = np.bincount(draws, minlength=len(probs)) / len(draws)
+    np.testing.assert_allclose(frequencies, probs, atol=0.03)
+    assert all(probs[slot] > 0.05 for slot in set(draws))  # padding slots (masked) are never drawn
+    with pytest.raises(ValueError, match="DQN has none"):
+        _selector(DQN(SlotQPolicy, env, seed=0, device="cpu"), deterministic=False)
+
+
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn"])
 @pytest.mark.parametrize(("demonstrator", "held_out_success"), [("most_sampled", 0.0), ("likelihood", 1.0)])
 def test_warm_start_clones_the_demonstrator_whatever_it_is(algo, demonstrator, held_out_success):
@@ -599,3 +627,10 @@ def test_train_sb3_end_to_end_on_cache_parts(tmp_path, capsys):
     assert (tmp_path / "out" / "arithmetic_ppo+clone.json").exists()
     with pytest.raises(ValueError, match="warm_start 'nope'"):
         main(replace(config, warm_start="nope"))
+
+    # A sampled selector plays random_episodes episodes a problem (validation and held-out), under its own name.
+    sampled = main(replace(config, deterministic=False))["results"]["learned"][0]
+    assert sampled["held_out"]["episodes"] == 2 * 6 and sampled["validation_curve"][0]["episodes"] == 2 * 4
+    assert (tmp_path / "out" / "arithmetic_ppo-sampled.json").exists()
+    with pytest.raises(ValueError, match="DQN has none"):
+        main(replace(config, algo="dqn", deterministic=False))
