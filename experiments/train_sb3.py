@@ -2,7 +2,7 @@
 
 The selector (PPO, DQN or A2C; ``--policy slot``: one shared scorer per candidate slot from ``agents.slot_policy``,
 ``--policy mlp``: SB3's ``MlpPolicy`` over the flat vector) learns on the training problems, minus a validation split
-of them: every ``eval_every`` steps the deterministic selector plays the validation problems and the best checkpoint is
+of them: every ``eval_every`` steps the selector (deterministic unless ``--no-deterministic``) plays the validation problems and the best checkpoint is
 kept (early stopping), so the number of training steps is chosen without looking at the held-out problems. Then every
 selector plays one episode per held-out problem over the same candidates:
 
@@ -830,8 +830,8 @@ def _paired_text(paired: dict[str, float]) -> str:
 
 
 def run_name(config: TrainSB3Config) -> str:
-    """``ppo`` for the slot-scorer policy, ``ppo-mlp`` for SB3's MlpPolicy, ``+clone`` after a warm start (file and
-    plot names)."""
+    """``ppo`` for the slot-scorer policy, ``ppo-mlp`` for SB3's MlpPolicy, ``+clone`` after a warm start,
+    ``-sampled`` for a sampled selector (file and plot names)."""
     name = config.algo if config.policy == "slot" else f"{config.algo}-mlp"
     name = name if config.warm_start == "none" else f"{name}+clone"
     return name if config.deterministic else f"{name}-sampled"
