@@ -8,7 +8,9 @@ game a user turn. The prompt at turn t+1 extends the prompt at turn t, so one ga
 only action tokens: the game's text is context, never a target.
 
 With the env's ``show_admissible_commands=True`` every user turn ends with the commands possible at that point
-(longer prompts; the policy then chooses rather than composes).
+(longer prompts; the policy then chooses rather than composes); with ``show_status=True`` a status line (task, what
+is held, receptacles not visited yet; ``reasoning_gym.alfworld.status``) comes before them, rebuilt from the chat's
+own text, so recorded chats and lookahead copies get the same line the env showed.
 
 ``play_games`` runs a wave of games in lock-step: one ``engine.generate`` call per turn for all unfinished games
 (``n=K`` samples each when a chooser picks among K commands, e.g. OREO's value, :class:`ValueChooser`). Each game
@@ -18,6 +20,7 @@ comes back as a :class:`GameChat` and, with :func:`chat_record`, as a recorder r
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ import torch
 
 from agents.adapters import TextGameAdapter
 from agents.engines.prompting import encode_prompt, render_prompt
+from reasoning_gym.alfworld.status import STATUS_MARK, game_status
 
 __all__ = ["ChatGameAdapter", "GameChat", "ValueChooser", "chat_record", "play_games"]
 
@@ -53,18 +57,35 @@ class GameChat:
     invalid: int = 0
     """Commands the game did not accept."""
 
-    def _user(self, text: str, admissible: Sequence[str]) -> dict[str, str]:
+    show_status: bool = False
+    """End every user turn with the env's status line (before the admissible commands)."""
+
+    def _user(self, text: str, admissible: Sequence[str], turn: int) -> dict[str, str]:
+        if self.show_status:
+            text += STATUS_MARK + game_status(self.opening, zip(self.commands[:turn], self.replies[:turn]))
         if self.show_admissible and admissible:
             text += ADMISSIBLE_MARK + ", ".join(admissible)
         return {"role": "user", "content": text}
 
     def prompt(self) -> list[dict[str, str]]:
         """The chat the policy reads before its next command (ends with a user turn)."""
-        messages = [self._user(self.opening, self.opening_admissible)]
-        for command, reply, admissible in zip(self.commands, self.replies, self.admissible):
+        messages = [self._user(self.opening, self.opening_admissible, 0)]
+        for turn, (command, reply, admissible) in enumerate(
+            zip(self.commands, self.replies, self.admissible), 1
+        ):
             messages.append({"role": "assistant", "content": command})
-            messages.append(self._user(reply, admissible))
+            messages.append(self._user(reply, admissible, turn))
         return messages
+
+    def prefix(self, turns: int) -> GameChat:
+        """A copy holding the first ``turns`` commands (the game as it stood then; lists are copied)."""
+        return dataclasses.replace(
+            self,
+            commands=self.commands[:turns],
+            replies=self.replies[:turns],
+            admissible=[list(a) for a in self.admissible[:turns]],
+            token_ids=list(self.token_ids[:turns]),
+        )
 
     def conversation(self) -> list[dict[str, str]]:
         """The chat up to the last command (the training row: every assistant turn is an action)."""
@@ -81,9 +102,16 @@ class ChatGameAdapter(TextGameAdapter):
     """The chat view of a text game: builds :class:`GameChat` from the env's first observation and cuts a
     completion into one command (its first line, like ``TextGameAdapter``)."""
 
-    def __init__(self, instruction: str = "", show_admissible: bool = False, max_action_chars: int = 1000):
+    def __init__(
+        self,
+        instruction: str = "",
+        show_admissible: bool = False,
+        max_action_chars: int = 1000,
+        show_status: bool = False,
+    ):
         super().__init__(instruction, "\n", max_action_chars)
         self.show_admissible = show_admissible
+        self.show_status = show_status
 
     @classmethod
     def from_env(cls, env: Any) -> ChatGameAdapter:
@@ -91,15 +119,17 @@ class ChatGameAdapter(TextGameAdapter):
         return cls(
             instruction=str(getattr(base, "instruction", "") or ""),
             show_admissible=bool(getattr(base, "show_admissible_commands", False)),
+            show_status=bool(getattr(base, "show_status", False)),
         )
 
     def start(self, observation: str, info: dict[str, Any]) -> GameChat:
-        """The chat of a freshly reset game (the observation without its admissible-commands tail)."""
-        opening = observation.split(ADMISSIBLE_MARK, 1)[0].strip()
+        """The chat of a freshly reset game (the observation without its status and admissible-commands tail)."""
+        opening = observation.split(ADMISSIBLE_MARK, 1)[0].split(STATUS_MARK, 1)[0].strip()
         return GameChat(
             opening=opening,
             opening_admissible=list(info.get("admissible_commands", [])),
             show_admissible=self.show_admissible,
+            show_status=self.show_status,
             problem_id=str(info.get("problem_id", "")),
             task_type=str(info.get("task_type", "")),
         )
@@ -304,17 +334,7 @@ class ValueChooser:
         read at the last token of each earlier prompt (those are its prefixes); separate passes if one is not."""
         from agents.engines.logprobs import hidden_states
 
-        prompts = [
-            GameChat(
-                chat.opening,
-                chat.opening_admissible,
-                chat.show_admissible,
-                chat.commands[:t],
-                chat.replies[:t],
-                chat.admissible[:t],
-            ).prompt()
-            for t in range(len(chat.commands))
-        ]
+        prompts = [chat.prefix(t).prompt() for t in range(len(chat.commands))]
         if not prompts:
             return []
         encoded = [encode_prompt(self.tokenizer, render_prompt(self.tokenizer, p)) for p in prompts]
@@ -348,14 +368,7 @@ class ValueChooser:
                 if terminated and info.get("is_success"):
                     fixed[command] = 1.0
                     continue
-                after = GameChat(
-                    chat.opening,
-                    chat.opening_admissible,
-                    chat.show_admissible,
-                    list(chat.commands),
-                    list(chat.replies),
-                    [list(a) for a in chat.admissible],
-                )
+                after = chat.prefix(len(chat.commands))
                 after.add(command, str(info["feedback"]), info["admissible_commands"], None)
                 prompts.append((command, after.prompt()))
             scores = dict(fixed)

@@ -50,6 +50,9 @@ class CollectExpertsConfig:
     """Split of the held-out games: ``valid_unseen`` (unseen rooms) or ``train`` (seen rooms, disjoint seeds)."""
     show_admissible_commands: bool = False
     """Write the admissible commands at the end of every user turn of the chat (the env option of that name)."""
+    show_status: bool = False
+    """Write the env's status line (task, held object, receptacles not visited yet) in every user turn (the env
+    option ``show_status``)."""
     model: str = "smollm2-135m-instruct"
     """Tokenizer for the commands' token ids and the context measurement (name, HF id or folder)."""
     expert: Literal["planner", "handcoded"] = "planner"
@@ -163,7 +166,9 @@ def collect(config: CollectExpertsConfig) -> dict[str, Any]:
     records_path.unlink(missing_ok=True)
     split = game_split(config.seed, config.train_games, config.heldout_games, config.heldout_split)
     tokenizer = load_tokenizer(config.model)
-    env = make_env(config.show_admissible_commands, config.max_steps, config.cache_dir)
+    env = make_env(
+        config.show_admissible_commands, config.max_steps, config.cache_dir, show_status=config.show_status
+    )
     adapter = ChatGameAdapter.from_env(env)
     lengths, won, per_type = [], 0, Counter()
     try:

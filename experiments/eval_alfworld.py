@@ -61,6 +61,9 @@ class EvalALFWorldConfig:
     """Real ALFWorld data folder instead of ``$ALFWORLD_DATA``."""
     show_admissible_commands: bool = False
     """Show the admissible commands at the end of every user turn (the env option)."""
+    show_status: bool = False
+    """Show the env's status line (task, held object, receptacles not visited yet) in every user turn (the env
+    option); a policy trained with it must be played with it."""
     max_steps: int = 30
     """Step limit per game."""
     max_new_tokens: int = 24
@@ -232,6 +235,7 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
         if config.source == "alfworld"
         else {}
     )
+    env_kwargs["show_status"] = config.show_status
     games = problem_ids(config)
     wave = max(1, min(config.wave, len(games) * max(1, config.samples)))
     envs = [

@@ -260,3 +260,56 @@ def test_sync_vector_env_steps_text_actions(real_game: Path) -> None:
     obs, reward, terminated, truncated, info = envs.step(["go to countertop 2", "think: first find a potato"])
     assert list(info["invalid"]) == [False, False] and "You arrive at countertop 2" in obs[0]
     envs.close()
+
+
+def test_status_line_known_answer() -> None:
+    """Only accepted commands count; a wrong-object transformation marks nothing; a move empties the hand."""
+    from reasoning_gym.alfworld.status import game_status, room_receptacles
+
+    intro = (
+        "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a fridge 1, "
+        "and a sinkbasin 1.\n\nYour task is to: clean some apple and put it in fridge."
+    )
+    assert room_receptacles(intro) == ["cabinet 1", "fridge 1", "sinkbasin 1"]
+    steps = [
+        ("go to cabinet 1", "You arrive at cabinet 1. On the cabinet 1, you see a apple 2."),
+        ("go to shelf 9", 'Nothing happens. "go to shelf 9" is not a command you can do now.'),
+        ("take apple 2 from cabinet 1", "You pick up the apple 2 from the cabinet 1."),
+        ("go to sinkbasin 1", "You arrive at sinkbasin 1. On the sinkbasin 1, you see nothing."),
+        ("heat bread 1 with sinkbasin 1", "Nothing happens."),
+        ("clean apple 2 with sinkbasin 1", "You clean the apple 2 using the sinkbasin 1."),
+    ]
+    assert game_status(intro, steps) == (
+        "Task: clean some apple and put it in fridge. Holding: apple 2 (cleaned). Not visited: fridge 1."
+    )
+    done = [
+        *steps,
+        ("go to fridge 1", "You arrive at fridge 1."),
+        ("move apple 2 to fridge 1", "You move it."),
+    ]
+    assert game_status(intro, done).endswith("Holding: nothing. Not visited: none.")
+    assert game_status("no room text", []) == "Holding: nothing. Not visited: none."
+
+
+def test_show_status_observation_matches_the_chat_view(generated_env) -> None:
+    """The env's status line and the one the chat view rebuilds from the replies agree at every step."""
+    from agents.game_chat import ChatGameAdapter
+    from reasoning_gym.alfworld.status import STATUS_MARK
+
+    env = gym.make("openr/ALFWorld-v0", num_games=12, show_status=True, show_admissible_commands=True)
+    try:
+        observation, info = env.reset(options={"problem_id": "gen-train-000002"})
+        chat = ChatGameAdapter.from_env(env).start(observation, info)
+        assert STATUS_MARK not in chat.opening and "Holding: nothing." in observation
+        for command in [
+            *env.unwrapped.expert_plan()[:2],
+            "go to nowhere 7",
+            *env.unwrapped.expert_plan()[2:],
+        ]:
+            observation, _, terminated, _, info = env.step(command)
+            chat.add(command, str(info["feedback"]), info["admissible_commands"], None)
+            line = observation.split(STATUS_MARK)[1].split("\n\nAdmissible")[0]
+            assert line in chat.prompt()[-1]["content"]
+        assert terminated and "Holding: nothing." in line
+    finally:
+        env.close()

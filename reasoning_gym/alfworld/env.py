@@ -21,6 +21,7 @@ from reasoning_gym.alfworld.engine import (
     replay_operators,
 )
 from reasoning_gym.alfworld.games import GamePool, GameRef
+from reasoning_gym.alfworld.status import STATUS_MARK, game_status
 from reasoning_gym.base import STEP_CHARSET, sanitize_step
 from reasoning_gym.spaces import StepText
 
@@ -60,7 +61,8 @@ class ALFWorldEnv(gym.Env[str, str]):
     ## Observation Space
     ``StepText``: the instruction, the room description with the task, then ``> step`` and the game's answer for
     every step so far (oldest steps are elided if it would exceed ``max_observation_chars``). With
-    ``show_admissible_commands=True`` the commands possible now are listed at the end.
+    ``show_admissible_commands=True`` the commands possible now are listed at the end; with ``show_status=True`` a
+    status line comes before them (the task, what the player holds, the receptacles not visited yet; ``status.py``).
 
     ## Rewards
     ``1.0`` on the step that completes the task, else ``0.0``; ``invalid_step_penalty`` (default 0) is added to
@@ -78,7 +80,7 @@ class ALFWorldEnv(gym.Env[str, str]):
     ``split`` (train / valid_seen / valid_unseen), ``num_games`` (size of the generated pool), ``game_files``
     (explicit games), ``task_types``, ``source`` (auto / files / alfworld / generated), ``data_dir`` (instead of
     ``$ALFWORLD_DATA``), ``cache_dir`` (generated games and translations), ``instruction``,
-    ``show_admissible_commands``, ``max_action_chars``, ``max_observation_chars``, ``invalid_step_penalty``,
+    ``show_admissible_commands``, ``show_status``, ``max_action_chars``, ``max_observation_chars``, ``invalid_step_penalty``,
     ``render_mode`` ("ansi").
 
     Planners branch with ``get_state()`` / ``set_state(state)`` (a small dict; restoring replays the game commands
@@ -99,6 +101,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         cache_dir: str | os.PathLike | None = None,
         instruction: str = DEFAULT_INSTRUCTION,
         show_admissible_commands: bool = False,
+        show_status: bool = False,
         max_action_chars: int = 1000,
         max_observation_chars: int = 24_000,
         invalid_step_penalty: float = 0.0,
@@ -121,6 +124,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         )
         self.instruction = instruction
         self.show_admissible_commands = show_admissible_commands
+        self.show_status = show_status
         self.max_action_chars = max_action_chars
         self.max_observation_chars = max_observation_chars
         self.invalid_step_penalty = float(invalid_step_penalty)
@@ -264,8 +268,10 @@ class ALFWorldEnv(gym.Env[str, str]):
         head = f"{self.instruction}\n\n{self._intro}"
         blocks = [f"> {shown}\n{feedback}" for shown, feedback in self._transcript]
         tail = ""
+        if self.show_status:
+            tail += STATUS_MARK + game_status(self._intro, self._transcript)
         if self.show_admissible_commands and not self._won:
-            tail = "\n\nAdmissible commands: " + ", ".join(self._admissible)
+            tail += "\n\nAdmissible commands: " + ", ".join(self._admissible)
         budget = self.max_observation_chars - len(head) - len(tail)
         kept, used = [], 0
         for block in reversed(blocks):

@@ -1,0 +1,62 @@
+"""A status line for an ALFWorld game: the task, what the player holds, and the receptacles not visited yet.
+
+Why: a small policy reading a long game chat loses the task at its top, the object in its hand and where it has
+already looked (docs/alfworld.md, fifth session: clones that cycle between two receptacles and take the first object
+they meet). The game knows all three, as it knows the admissible commands, so the env can say them
+(``show_status=True``) instead of leaving that bookkeeping to the model. The line is read from the game's own text
+(the room description and the replies to accepted commands), so a recorded chat gets the same line back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["STATUS_MARK", "game_status", "room_receptacles"]
+
+STATUS_MARK = "\n\nStatus: "
+_GOAL_MARK = "Your task is to: "
+_ROOM = re.compile(r"Looking quickly around you, you see (.*?)\.(?:\n|$)")
+_ARTICLE = re.compile(r"^(?:and )?(?:a|an) ")
+_DONE = {"heat": "heated", "cool": "cooled", "clean": "cleaned"}
+
+
+def room_receptacles(intro: str) -> list[str]:
+    """The receptacles the room description lists, in its order (``[]`` if it has no such sentence)."""
+    match = _ROOM.search(intro)
+    if match is None:
+        return []
+    names = (_ARTICLE.sub("", part.strip()) for part in match.group(1).split(","))
+    return [name for name in names if name and name != "nothing"]
+
+
+def game_status(intro: str, steps: Iterable[tuple[str, str]]) -> str:
+    """``Task: ... Holding: ... Not visited: ...`` after ``steps`` (command, the game's reply) from ``intro``.
+
+    Only accepted commands count (replies that do not start with "Nothing happens"): ``go to X`` visits X,
+    ``take O from R`` puts O in hand, ``move O to R`` empties it, ``heat/cool/clean O with R`` marks O.
+    """
+    goal = intro.rsplit(_GOAL_MARK, 1)[-1].strip() if _GOAL_MARK in intro else ""
+    unvisited = room_receptacles(intro)
+    held, marks = "", []
+    for command, reply in steps:
+        if reply.startswith("Nothing happens"):
+            continue
+        words = command.split()
+        if command.startswith("go to "):
+            target = command[len("go to ") :].strip()
+            if target in unvisited:
+                unvisited.remove(target)
+        elif words and words[0] == "take" and " from " in command:
+            held, marks = command[len("take ") :].split(" from ", 1)[0].strip(), []
+        elif words and words[0] == "move" and " to " in command:
+            held, marks = "", []
+        elif words and words[0] in _DONE and held and command[len(words[0]) + 1 :].startswith(held + " "):
+            marks.append(_DONE[words[0]])
+    holding = (held + (f" ({', '.join(marks)})" if marks else "")) if held else "nothing"
+    parts = [
+        f"Task: {goal}" if goal else "",
+        f"Holding: {holding}.",
+        f"Not visited: {', '.join(unvisited) or 'none'}.",
+    ]
+    return " ".join(part for part in parts if part)
