@@ -291,7 +291,7 @@ def test_status_line_known_answer() -> None:
     assert game_status("no room text", []) == "Holding: nothing. Not visited: none."
 
 
-def test_show_status_observation_matches_the_chat_view(generated_env) -> None:
+def test_show_status_observation_matches_the_chat_view() -> None:
     """The env's status line and the one the chat view rebuilds from the replies agree at every step."""
     from agents.game_chat import ChatGameAdapter
     from reasoning_gym.alfworld.status import STATUS_MARK
