@@ -30,11 +30,9 @@ import torch
 
 from agents.adapters import TextGameAdapter
 from agents.engines.prompting import encode_prompt, render_prompt
-from reasoning_gym.alfworld.status import STATUS_MARK, game_status
+from reasoning_gym.alfworld.status import ADMISSIBLE_MARK, STATUS_MARK, game_status, task_text
 
 __all__ = ["ChatGameAdapter", "GameChat", "ValueChooser", "chat_record", "play_games"]
-
-ADMISSIBLE_MARK = "\n\nAdmissible commands: "
 
 
 @dataclass
@@ -153,7 +151,7 @@ def chat_record(chat: GameChat, env_id: str | None = "openr/ALFWorld-v0", **extr
         "schema": SCHEMA,
         "env_id": env_id,
         "problem_id": chat.problem_id,
-        "question": chat.opening.rsplit("Your task is to: ", 1)[-1].strip(),
+        "question": task_text(chat.opening) or chat.opening.strip(),
         "instruction": None,
         "prompt": chat.opening,
         "steps": list(chat.commands),

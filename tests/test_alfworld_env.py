@@ -294,22 +294,26 @@ def test_status_line_known_answer() -> None:
 def test_show_status_observation_matches_the_chat_view() -> None:
     """The env's status line and the one the chat view rebuilds from the replies agree at every step."""
     from agents.game_chat import ChatGameAdapter
-    from reasoning_gym.alfworld.status import STATUS_MARK
+    from reasoning_gym.alfworld.status import ADMISSIBLE_MARK, STATUS_MARK
+
+    def status_of(text: str) -> str:
+        return text.split(STATUS_MARK)[1].split(ADMISSIBLE_MARK)[0]
 
     env = gym.make("openr/ALFWorld-v0", num_games=12, show_status=True, show_admissible_commands=True)
     try:
         observation, info = env.reset(options={"problem_id": "gen-train-000002"})
         chat = ChatGameAdapter.from_env(env).start(observation, info)
-        assert STATUS_MARK not in chat.opening and "Holding: nothing." in observation
-        for command in [
-            *env.unwrapped.expert_plan()[:2],
-            "go to nowhere 7",
-            *env.unwrapped.expert_plan()[2:],
-        ]:
+        assert STATUS_MARK not in chat.opening
+        lines = [status_of(observation)]
+        plan = env.unwrapped.expert_plan()
+        for command in [*plan[:2], "go to nowhere 7", *plan[2:]]:
             observation, _, terminated, _, info = env.step(command)
             chat.add(command, str(info["feedback"]), info["admissible_commands"], None)
-            line = observation.split(STATUS_MARK)[1].split("\n\nAdmissible")[0]
-            assert line in chat.prompt()[-1]["content"]
-        assert terminated and "Holding: nothing." in line
+            lines.append(status_of(observation))
+            assert status_of(chat.prompt()[-1]["content"]) == lines[-1]
+        assert terminated
+        assert "Holding: nothing." in lines[0] and "Holding: nothing." in lines[-1]
+        assert any("Holding: nothing." not in line for line in lines)  # the expert carried the object
+        assert len(lines[-1]) < len(lines[0])  # receptacles left the "Not visited" list
     finally:
         env.close()

@@ -21,7 +21,7 @@ from reasoning_gym.alfworld.engine import (
     replay_operators,
 )
 from reasoning_gym.alfworld.games import GamePool, GameRef
-from reasoning_gym.alfworld.status import STATUS_MARK, game_status
+from reasoning_gym.alfworld.status import ADMISSIBLE_MARK, STATUS_MARK, game_status, task_text
 from reasoning_gym.base import STEP_CHARSET, sanitize_step
 from reasoning_gym.spaces import StepText
 
@@ -34,7 +34,6 @@ DEFAULT_INSTRUCTION = (
     f"examine apple 1, inventory, look. A step may instead be a thought starting with '{THINK_PREFIX}'."
 )
 _BANNER = "-= Welcome to TextWorld, ALFRED! =-"
-_GOAL_MARK = "Your task is to: "
 _ECHO_CHARS = 200  # how much of an invalid step is echoed back into the observation
 
 
@@ -169,7 +168,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         self._raw_feedback = state.feedback
         intro = state.feedback.replace(_BANNER, "").strip()
         self._intro = self._in_charset(intro)
-        goal = intro.split(_GOAL_MARK, 1)[1].strip() if _GOAL_MARK in intro else intro.splitlines()[-1]
+        goal = task_text(intro) or intro.splitlines()[-1]
         self._goal = self._in_charset(goal)
         self._task_type = self._read_task_type(game_file)
         self._admissible = list(state["admissible_commands"])
@@ -271,7 +270,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         if self.show_status:
             tail += STATUS_MARK + game_status(self._intro, self._transcript)
         if self.show_admissible_commands and not self._won:
-            tail += "\n\nAdmissible commands: " + ", ".join(self._admissible)
+            tail += ADMISSIBLE_MARK + ", ".join(self._admissible)
         budget = self.max_observation_chars - len(head) - len(tail)
         kept, used = [], 0
         for block in reversed(blocks):

@@ -5,6 +5,9 @@ already looked (docs/alfworld.md, fifth session: clones that cycle between two r
 they meet). The game knows all three, as it knows the admissible commands, so the env can say them
 (``show_status=True``) instead of leaving that bookkeeping to the model. The line is read from the game's own text
 (the room description and the replies to accepted commands), so a recorded chat gets the same line back.
+
+The marks that cut an observation into its parts (task, status line, admissible commands) live here too, so the env
+that writes them and the chat view that reads them share one spelling.
 """
 
 from __future__ import annotations
@@ -12,13 +15,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["STATUS_MARK", "game_status", "room_receptacles"]
+__all__ = ["ADMISSIBLE_MARK", "GOAL_MARK", "STATUS_MARK", "game_status", "room_receptacles", "task_text"]
 
+GOAL_MARK = "Your task is to: "
 STATUS_MARK = "\n\nStatus: "
-_GOAL_MARK = "Your task is to: "
+ADMISSIBLE_MARK = "\n\nAdmissible commands: "
 _ROOM = re.compile(r"Looking quickly around you, you see (.*?)\.(?:\n|$)")
 _ARTICLE = re.compile(r"^(?:and )?(?:a|an) ")
 _DONE = {"heat": "heated", "cool": "cooled", "clean": "cleaned"}
+
+
+def task_text(intro: str) -> str:
+    """The task sentence of a game's opening text (``""`` if it has none)."""
+    return intro.rsplit(GOAL_MARK, 1)[-1].strip() if GOAL_MARK in intro else ""
 
 
 def room_receptacles(intro: str) -> list[str]:
@@ -36,7 +45,7 @@ def game_status(intro: str, steps: Iterable[tuple[str, str]]) -> str:
     Only accepted commands count (replies that do not start with "Nothing happens"): ``go to X`` visits X,
     ``take O from R`` puts O in hand, ``move O to R`` empties it, ``heat/cool/clean O with R`` marks O.
     """
-    goal = intro.rsplit(_GOAL_MARK, 1)[-1].strip() if _GOAL_MARK in intro else ""
+    goal = task_text(intro)
     unvisited = room_receptacles(intro)
     held, marks = "", []
     for command, reply in steps:
