@@ -20,6 +20,7 @@ Writes ``results.json``, ``results.md`` (table) and ``results.png`` to ``--out``
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
@@ -177,6 +178,32 @@ def failures(chats: list[Any]) -> dict[str, Any]:
     return {"lost": len(lost), "furthest_milestone": dict(stages), "ended_in_loop": looped}
 
 
+def search(chats: list[Any]) -> dict[str, Any]:
+    """Does the policy look, and does it take what the task names? Over all games: distinct receptacles reached
+    (accepted ``go to``) per game, games where a reply showed an object of the task's class, and games where the
+    policy then picked one up (the step the sixth session's clones missed, docs/alfworld.md)."""
+    from reasoning_gym.alfworld.status import goal_object, task_text
+
+    visited, shown, taken = [], 0, 0
+    for chat in chats:
+        accepted = [
+            (c, r) for c, r in zip(chat.commands, chat.replies) if not r.startswith("Nothing happens")
+        ]
+        visited.append(len({c for c, _ in accepted if c.startswith("go to ")}))
+        goal = goal_object(task_text(chat.opening))
+        if goal is None:
+            continue
+        seen = any(re.search(rf"\b{goal} \d+", reply) for reply in chat.replies)
+        shown += seen
+        taken += seen and any(re.match(rf"take {goal} \d+ from ", c) for c, _ in accepted)
+    return {
+        "games": len(chats),
+        "receptacles_per_game": sum(visited) / max(len(visited), 1),
+        "goal_object_shown": shown,
+        "goal_object_shown_and_taken": taken,
+    }
+
+
 def auc(positives: list[float], negatives: list[float]) -> float | None:
     """P(a positive scores above a negative), ties half (None without both)."""
     if not positives or not negatives:
@@ -295,6 +322,7 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
             "env_steps": timings["env_steps"],
             "settings": settings,
             "failures": failures(chats),
+            "search": search(chats),
         }
         if value_chooser is not None:
             results["modes"][mode]["value_calibration"] = calibration(value_chooser, chats)
@@ -352,6 +380,13 @@ def table(results: dict[str, Any]) -> str:
             lines.append(
                 f"\n{mode}: lost {lost['lost']}, furthest milestone {lost['furthest_milestone']}, "
                 f"ended in a loop {lost['ended_in_loop']}"
+            )
+        looked = block.get("search")
+        if looked:
+            lines.append(
+                f"{mode}: receptacles reached per game {looked['receptacles_per_game']:.1f}; the task's object shown in "
+                f"{looked['goal_object_shown']} of {looked['games']} games, taken in "
+                f"{looked['goal_object_shown_and_taken']}"
             )
         values = block.get("value_calibration")
         if values:

@@ -291,6 +291,19 @@ def test_status_line_known_answer() -> None:
     assert game_status("no room text", []) == "Holding: nothing. Not visited: none."
 
 
+def test_goal_object_reads_the_six_task_templates() -> None:
+    from reasoning_gym.alfworld.status import goal_object
+
+    assert goal_object("put a clean cloth in sinkbasin.") == "cloth"
+    assert goal_object("put some spraybottle on toilet.") == "spraybottle"
+    assert goal_object("heat some egg and put it in garbagecan.") == "egg"
+    assert goal_object("look at cd under the desklamp.") == "cd"
+    assert goal_object("examine the pillow with the floorlamp.") == "pillow"
+    assert goal_object("put two keychain in safe.") == "keychain"
+    assert goal_object("find two soapbar and put them in cabinet.") == "soapbar"
+    assert goal_object("go to the kitchen") is None
+
+
 def test_show_status_observation_matches_the_chat_view() -> None:
     """The env's status line and the one the chat view rebuilds from the replies agree at every step."""
     from agents.game_chat import ChatGameAdapter

@@ -203,8 +203,10 @@ def test_eval_script_writes_table_json_png(tmp_path):
     )
     greedy = results["modes"]["greedy"]
     assert greedy["per_task"]["all"]["games"] == 2 and greedy["env_steps"] == 4
+    assert greedy["search"]["games"] == 2
     for name in ("results.json", "results.md", "results.png"):
         assert (tmp_path / "eval" / name).is_file()
+    assert "receptacles reached per game" in (tmp_path / "eval" / "results.md").read_text()
     from agents.rl.oreo_data import load_trajectories
 
     assert len(load_trajectories(tmp_path / "rollouts.jsonl")) == 2
@@ -322,6 +324,49 @@ def test_failure_stage_and_auc_known_answers():
     assert summary == {"lost": 1, "furthest_milestone": {"none": 1}, "ended_in_loop": 1}
     assert auc([0.9, 0.5], [0.1, 0.5]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
     assert auc([0.3], []) is None
+
+
+def test_search_counts_receptacles_and_the_task_object_known_answer():
+    """Receptacles count once and only when reached; the task's object counts as taken only after a reply showed
+    it and a ``take`` of it was accepted (an object of another class, or a refused take, does not count)."""
+    from agents.game_chat import GameChat
+    from experiments.eval_alfworld import search
+
+    def game(task, steps):
+        chat = GameChat(f"You are in the middle of a room.\n\nYour task is to: {task}")
+        for command, reply in steps:
+            chat.add(command, reply, [], None)
+        return chat
+
+    looked_and_took = game(
+        "put a clean cloth in sinkbasin.",
+        [
+            (
+                "go to countertop 1",
+                "You arrive at countertop 1. On the countertop 1, you see a cloth 1, a candle 2.",
+            ),
+            ("go to shelf 9", "Nothing happens."),
+            ("go to countertop 1", "Nothing happens."),
+            ("take candle 2 from countertop 1", "You pick up the candle 2 from the countertop 1."),
+            ("go to toilet 1", "You arrive at toilet 1. On the toilet 1, you see nothing."),
+            ("take cloth 1 from countertop 1", "You pick up the cloth 1 from the countertop 1."),
+        ],
+    )
+    walked_past = game(
+        "cool some apple and put it in fridge.",
+        [
+            ("go to fridge 1", "You arrive at fridge 1. The fridge 1 is closed."),
+            ("open fridge 1", "You open the fridge 1. The fridge 1 is open. In it, you see a apple 3."),
+            ("take apple 3 from fridge 1", "Nothing happens."),
+        ],
+    )
+    never_saw = game("examine the pillow with the desklamp.", [("look", "You are facing nothing.")])
+    assert search([looked_and_took, walked_past, never_saw]) == {
+        "games": 3,
+        "receptacles_per_game": pytest.approx((2 + 1 + 0) / 3),
+        "goal_object_shown": 2,
+        "goal_object_shown_and_taken": 1,
+    }
 
 
 def test_chat_episode_is_one_row_with_the_sft_mask(expert_run, tiny):

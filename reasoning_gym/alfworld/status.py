@@ -15,7 +15,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["ADMISSIBLE_MARK", "GOAL_MARK", "STATUS_MARK", "game_status", "room_receptacles", "task_text"]
+__all__ = [
+    "ADMISSIBLE_MARK",
+    "GOAL_MARK",
+    "STATUS_MARK",
+    "game_status",
+    "goal_object",
+    "room_receptacles",
+    "task_text",
+]
 
 GOAL_MARK = "Your task is to: "
 STATUS_MARK = "\n\nStatus: "
@@ -23,11 +31,25 @@ ADMISSIBLE_MARK = "\n\nAdmissible commands: "
 _ROOM = re.compile(r"Looking quickly around you, you see (.*?)\.(?:\n|$)")
 _ARTICLE = re.compile(r"^(?:and )?(?:a|an) ")
 _DONE = {"heat": "heated", "cool": "cooled", "clean": "cleaned"}
+_GOAL_OBJECT = re.compile(
+    r"^(?:put (?:a|an|some|two) (?:clean |hot |cool )?(\w+) (?:in|on)"
+    r"|(?:clean|heat|cool) (?:a|an|some) (\w+) and put"
+    r"|look at (?:a |an |the |some )?(\w+) under"
+    r"|examine (?:a |an |the |some )?(\w+) with"
+    r"|find two (\w+) and put)"
+)
 
 
 def task_text(intro: str) -> str:
     """The task sentence of a game's opening text (``""`` if it has none)."""
     return intro.rsplit(GOAL_MARK, 1)[-1].strip() if GOAL_MARK in intro else ""
+
+
+def goal_object(task: str) -> str | None:
+    """The object class a task is about (``"cloth"`` in "put a clean cloth in sinkbasin."), from ALFWorld's six task
+    templates; ``None`` for any other sentence."""
+    match = _GOAL_OBJECT.match(task.strip().lower())
+    return next((group for group in match.groups() if group), None) if match else None
 
 
 def room_receptacles(intro: str) -> list[str]:
