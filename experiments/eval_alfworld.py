@@ -33,6 +33,9 @@ __all__ = ["parse_args", "EvalALFWorldConfig", "evaluate", "main", "summarize"]
 
 Mode = Literal["greedy", "value", "sampled"]
 
+CHAT_TOKENS = 8192
+"""Prefix-cache tokens per game of a wave by default: SmolLM2's context, the longest chat a game can have."""
+
 
 @dataclass
 class EvalALFWorldConfig:
@@ -77,6 +80,12 @@ class EvalALFWorldConfig:
     """Rollouts per game in the ``sampled`` mode."""
     wave: int = 12
     """Games played together (one engine call per turn for the wave)."""
+    prefix_cache_tokens: int | None = None
+    """KV states the engine keeps across turns, in tokens (``agents.engines.prefix_cache``): each turn's prompt
+    extends the last, so a game whose chat stays cached prefills only the game's new reply. Default
+    ``wave x CHAT_TOKENS``: every game of a wave keeps a whole chat (SmolLM2-135M in bf16: 23,040 bytes a token, so
+    <= 2.3 GB for 12 games). A budget that holds fewer games than a wave loses the reuse: lock-step turns visit the
+    games in a cycle, and LRU evicts each chat before its next turn (``bench_alfworld_chat`` measures it). 0: none."""
     record: str | None = None
     """Append every game played to this JSONL (recorder schema v1 with the chat)."""
     calibrate_records: str | None = None
@@ -256,15 +265,16 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
     from agents.engines.models import resolve_dtype
 
     model = model.to(resolve_dtype(config.dtype))
-    engine = HFEngine(model, tokenizer, num_threads=config.threads)
+    games = problem_ids(config)
+    wave = max(1, min(config.wave, len(games) * max(1, config.samples)))
+    budget = wave * CHAT_TOKENS if config.prefix_cache_tokens is None else config.prefix_cache_tokens
+    engine = HFEngine(model, tokenizer, num_threads=config.threads, prefix_cache_tokens=budget)
     env_kwargs: dict[str, Any] = (
         {"source": "alfworld", "split": config.split, "data_dir": config.data_dir}
         if config.source == "alfworld"
         else {}
     )
     env_kwargs["show_status"] = config.show_status
-    games = problem_ids(config)
-    wave = max(1, min(config.wave, len(games) * max(1, config.samples)))
     envs = [
         make_env(config.show_admissible_commands, config.max_steps, config.cache_dir, **env_kwargs)
         for _ in range(wave)
@@ -294,6 +304,7 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
         repeats = config.samples if mode == "sampled" else 1
         todo = [g for g in games for _ in range(repeats)]
         chats, timings, started = [], {}, time.perf_counter()
+        prompt_tokens_before = engine.stats.prompt_tokens
         for start in range(0, len(todo), wave):
             batch = todo[start : start + wave]
             chats += play_games(
@@ -320,6 +331,8 @@ def evaluate(config: EvalALFWorldConfig) -> dict[str, Any]:
             "env_steps_per_second": timings["env_steps"] / wall if wall else 0.0,
             "seconds": {k: v for k, v in timings.items() if k != "env_steps"},
             "env_steps": timings["env_steps"],
+            "engine_prompt_tokens": engine.stats.prompt_tokens - prompt_tokens_before,
+            "prefix_cache_tokens": budget,
             "settings": settings,
             "failures": failures(chats),
             "search": search(chats),

@@ -212,6 +212,34 @@ def test_eval_script_writes_table_json_png(tmp_path):
     assert len(load_trajectories(tmp_path / "rollouts.jsonl")) == 2
 
 
+def test_bench_chat_kv_reuse_processes_fewer_prompt_tokens(tmp_path):
+    """A cache sized to the wave prefills only each turn's new text: fewer prompt tokens than no cache, the same
+    games and steps."""
+    from agents.engines.testing import save_tiny_model
+    from experiments.bench_alfworld_chat import main
+
+    policy = save_tiny_model(tmp_path / "tiny")
+    play = [
+        "--play.policy",
+        str(policy),
+        "--play.games",
+        "2",
+        "--play.split",
+        "train",
+        "--play.max-steps",
+        "3",
+    ]
+    summary = main(
+        [*play, "--play.max-new-tokens", "4", "--budgets", "0", "None", "--out", str(tmp_path / "b")]
+    )
+    none, wave = summary["rows"]
+    assert (none["prefix_cache_tokens"], wave["prefix_cache_tokens"]) == (0, 2 * 8192)
+    assert none["env_steps"] == wave["env_steps"] == 6
+    assert 0 < wave["engine_prompt_tokens"] < 0.7 * none["engine_prompt_tokens"]
+    assert sorted(wave["commands"]) == sorted(none["commands"]) and len(none["commands"]) == 2
+    assert (tmp_path / "b" / "results.json").is_file()
+
+
 def test_handcoded_expert_chat_wins_a_game(tiny):
     """The exploring expert (ALFWorld's hand-coded agent) recorded through the same chat."""
     from agents.game_chat import ChatGameAdapter
