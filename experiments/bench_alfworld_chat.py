@@ -10,8 +10,9 @@ Each budget runs ``eval_alfworld.evaluate`` on the same games with the same poli
 table compares play time, engine time, prompt tokens the engine processed, and whether the commands played are the
 same (greedy: a cached prefill differs from a full one only by rounding, which can flip a near-tie). Example::
 
-    python -m experiments.bench_alfworld_chat --policy runs/alfworld_sft/agent --show-admissible-commands \\
-        --heldout runs/alfworld_experts/heldout.json --max-steps 15 --out runs/bench_alfworld_chat
+    python -m experiments.bench_alfworld_chat --play.policy runs/alfworld_sft/agent \\
+        --play.show-admissible-commands --play.heldout runs/alfworld_experts/heldout.json --play.max-steps 15 \\
+        --budgets 16384 None --out runs/bench_alfworld_chat
 
 Writes ``results.json`` and prints a markdown table.
 """

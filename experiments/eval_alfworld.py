@@ -191,20 +191,18 @@ def search(chats: list[Any]) -> dict[str, Any]:
     """Does the policy look, and does it take what the task names? Over all games: distinct receptacles reached
     (accepted ``go to``) per game, games where a reply showed an object of the task's class, and games where the
     policy then picked one up (the step the sixth session's clones missed, docs/alfworld.md)."""
-    from reasoning_gym.alfworld.status import goal_object, task_text
+    from reasoning_gym.alfworld.status import accepted, goal_object, task_text
 
     visited, shown, taken = [], 0, 0
     for chat in chats:
-        accepted = [
-            (c, r) for c, r in zip(chat.commands, chat.replies) if not r.startswith("Nothing happens")
-        ]
-        visited.append(len({c for c, _ in accepted if c.startswith("go to ")}))
+        done = [c for c, r in zip(chat.commands, chat.replies) if accepted(r)]
+        visited.append(len({c for c in done if c.startswith("go to ")}))
         goal = goal_object(task_text(chat.opening))
         if goal is None:
             continue
         seen = any(re.search(rf"\b{goal} \d+", reply) for reply in chat.replies)
         shown += seen
-        taken += seen and any(re.match(rf"take {goal} \d+ from ", c) for c, _ in accepted)
+        taken += seen and any(re.match(rf"take {goal} \d+ from ", c) for c in done)
     return {
         "games": len(chats),
         "receptacles_per_game": sum(visited) / max(len(visited), 1),

@@ -19,6 +19,7 @@ __all__ = [
     "ADMISSIBLE_MARK",
     "GOAL_MARK",
     "STATUS_MARK",
+    "accepted",
     "game_status",
     "goal_object",
     "room_receptacles",
@@ -61,6 +62,11 @@ def room_receptacles(intro: str) -> list[str]:
     return [name for name in names if name and name != "nothing"]
 
 
+def accepted(reply: str) -> bool:
+    """Whether the game carried out the command that got ``reply`` (it answers a refused one "Nothing happens")."""
+    return not reply.startswith("Nothing happens")
+
+
 def game_status(intro: str, steps: Iterable[tuple[str, str]]) -> str:
     """``Task: ... Holding: ... Not visited: ...`` after ``steps`` (command, the game's reply) from ``intro``.
 
@@ -71,7 +77,7 @@ def game_status(intro: str, steps: Iterable[tuple[str, str]]) -> str:
     unvisited = room_receptacles(intro)
     held, marks = "", []
     for command, reply in steps:
-        if reply.startswith("Nothing happens"):
+        if not accepted(reply):
             continue
         words = command.split()
         if command.startswith("go to "):
